@@ -1,0 +1,7 @@
+"""Co-DETR (ICCV 2023) for MMDetection 3.x.
+
+Importing this package registers the Co-DETR modules in mmdet's registries,
+which is what ``custom_imports=dict(imports=['projects.codetr'])`` does in the
+configs.
+"""
+from .models import *  # noqa: F401,F403

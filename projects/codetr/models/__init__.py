@@ -1,0 +1,2 @@
+"""Co-DETR model components (registered in ``mmdet.registry.MODELS``)."""
+__all__ = []
