@@ -1,0 +1,276 @@
+"""The query head of Co-Deformable-DETR."""
+from typing import Dict, List, Sequence, Tuple
+
+from mmdet.models.dense_heads import DeformableDETRHead
+from mmdet.models.layers import inverse_sigmoid
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmdet.utils import ConfigType, reduce_mean
+from mmengine.config import ConfigDict
+from torch import Tensor, nn
+
+from .positive_coords import PositiveCoords, build_aux_targets
+
+
+@MODELS.register_module()
+class CoDeformDETRHead(DeformableDETRHead):
+    """Two-stage Deformable DETR head with box refinement, mixed selection,
+    look-forward-twice and customised positive queries.
+
+    Compared with mmdet's ``DeformableDETRHead`` this head owns the
+    transformer (so auxiliary decoding can reuse it), the content queries of
+    mixed selection and the stride-2 ``downsample`` that completes the
+    auxiliary pyramid; it adds the one-to-many loss of the customised
+    positive queries (:meth:`loss_aux`). Matching, main and encoder losses
+    and post-processing are mmdet's.
+
+    Args:
+        transformer (dict): Config of ``CoDeformableDetrTransformer``.
+        positional_encoding (dict): Config of the sine positional encoding.
+        num_query (int): Number of queries. Defaults to 300.
+        max_pos_coords (int): Upper bound of customised positive queries per
+            image and auxiliary head. Defaults to 300.
+        lambda_1 (float): Weight of the auxiliary-query losses.
+            Defaults to 1.0.
+        **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
+            ``embed_dims``, losses, ``train_cfg``, ``test_cfg``...). The
+            prediction-layer layout (``share_pred_layer``, ``num_pred_layer``,
+            ``as_two_stage``) is derived and must not be set.
+    """
+
+    def __init__(self,
+                 *args,
+                 transformer: ConfigType,
+                 positional_encoding: ConfigType = ConfigDict(
+                     num_feats=128, normalize=True, offset=-0.5),
+                 num_query: int = 300,
+                 max_pos_coords: int = 300,
+                 lambda_1: float = 1.0,
+                 **kwargs) -> None:
+        derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
+        set_by_user = [k for k in derived if k in kwargs]
+        if set_by_user:
+            raise ValueError(f'{set_by_user} are derived from the decoder; '
+                             'remove them from the query_head config.')
+        transformer = dict(transformer)
+        num_dec_layers = transformer['decoder']['num_layers']
+        self.num_query = num_query
+        self.max_pos_coords = max_pos_coords
+        self.lambda_1 = lambda_1
+        self._transformer_cfg = dict(
+            transformer,
+            positional_encoding=positional_encoding,
+            num_queries=num_query)
+        # Branches 0..L-1 predict per decoder layer, branch L scores the
+        # encoder proposals; box refinement needs them unshared.
+        super().__init__(
+            *args,
+            share_pred_layer=False,
+            num_pred_layer=num_dec_layers + 1,
+            as_two_stage=True,
+            **kwargs)
+
+    def _init_layers(self) -> None:
+        """Branches (mmdet's), transformer, content queries, downsample."""
+        super()._init_layers()
+        self.transformer = MODELS.build(self._transformer_cfg)
+        dims = self.transformer.embed_dims
+        if dims != self.embed_dims:
+            raise ValueError(f'query_head.embed_dims ({self.embed_dims}) must '
+                             f'equal the transformer width ({dims})')
+        self.query_embedding = nn.Embedding(self.num_query, dims)
+        self.downsample = nn.Sequential(
+            nn.Conv2d(dims, dims, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(32, dims))
+
+    def init_weights(self) -> None:
+        """mmdet's branch init (focal prior bias, zeroed last reg layers),
+        then the transformer's; the content queries keep N(0, 1)."""
+        super().init_weights()
+        self.transformer.init_weights()
+
+    @property
+    def num_co_heads(self) -> int:
+        """Number of auxiliary heads whose positives this head decodes."""
+        return self.transformer.num_co_heads
+
+    def encode(self, mlvl_feats: Sequence[Tensor],
+               batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """Flatten the neck features, add positions and run the encoder.
+
+        Args:
+            mlvl_feats (Sequence[Tensor]): Neck outputs, each (bs, dim, h, w).
+            batch_data_samples (list[DetDataSample]): Provide ``img_shape``
+                and ``batch_input_shape`` for the padding masks.
+
+        Returns:
+            dict: ``memory`` (bs, num_feat_points, dim), ``memory_mask``
+            (bs, num_feat_points) or None, ``spatial_shapes``,
+            ``level_start_index``, ``valid_ratios``: the inputs of every
+            decoder pass.
+        """
+        encoder_inputs, decoder_inputs = self.transformer.pre_transformer(
+            mlvl_feats, batch_data_samples)
+        memory = self.transformer.forward_encoder(**encoder_inputs)['memory']
+        return dict(decoder_inputs, memory=memory)
+
+    def forward_transformer(self, mlvl_feats: Sequence[Tensor],
+                            batch_data_samples: SampleList) -> Dict:
+        """Encoder, query selection and decoder for the main queries.
+
+        Returns:
+            dict: The outputs of :meth:`encode` plus ``hidden_states``
+            (num_layers, bs, num_query, dim), ``references`` (list of
+            num_layers + 1 tensors (bs, num_query, 4)), ``enc_outputs_class``
+            and ``enc_outputs_coord``.
+        """
+        enc = self.encode(mlvl_feats, batch_data_samples)
+        decoder_inputs, enc_outputs = self.transformer.pre_decoder(
+            enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
+            self.cls_branches, self.reg_branches, self.query_embedding.weight)
+        hidden_states, references = self.transformer.forward_decoder(
+            **decoder_inputs, **enc, reg_branches=self.reg_branches)
+        return dict(
+            enc,
+            hidden_states=hidden_states,
+            references=references,
+            **enc_outputs)
+
+    def memory_to_pyramid(self, memory: Tensor,
+                          mlvl_feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """Turn the encoder memory into the auxiliary heads' pyramid.
+
+        The memory is split back into its levels and a stride-2
+        ``downsample`` of the last level is appended (spec 2.3). Nothing is
+        detached: auxiliary losses train encoder, neck and backbone.
+
+        Args:
+            memory (Tensor): (bs, sum(h_l * w_l), dim).
+            mlvl_feats (Sequence[Tensor]): The neck features, for their
+                spatial sizes (read from shapes, no device sync).
+
+        Returns:
+            tuple[Tensor]: num_levels + 1 maps, each (bs, dim, h_l, w_l).
+        """
+        bs, _, dims = memory.shape
+        sizes = [feat.shape[-2:] for feat in mlvl_feats]
+        levels = memory.split([h * w for h, w in sizes], dim=1)
+        pyramid = [
+            level.transpose(1, 2).reshape(bs, dims, h, w)
+            for level, (h, w) in zip(levels, sizes)
+        ]
+        pyramid.append(self.downsample(pyramid[-1]))
+        return tuple(pyramid)
+
+    def loss_aux(self, enc: Dict, pos_coords: PositiveCoords, head_idx: int,
+                 batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """One-to-many losses of the customised positive queries of head k.
+
+        Args:
+            enc (dict): Output of :meth:`encode` (or
+                :meth:`forward_transformer`).
+            pos_coords (PositiveCoords): Positives of auxiliary head k.
+            head_idx (int): k, which selects the query projections and
+                suffixes the loss keys.
+            batch_data_samples (list[DetDataSample]): For ``img_shape``.
+
+        Returns:
+            dict[str, Tensor]: ``loss_{cls,bbox,iou}_aux{k}`` for the last
+            decoder layer and ``d{i}.loss_{cls,bbox,iou}_aux{k}`` for the
+            others (spec 2.6).
+        """
+        batch_img_metas = [s.metainfo for s in batch_data_samples]
+        targets = build_aux_targets(pos_coords, batch_img_metas,
+                                    self.num_classes, self.max_pos_coords)
+        hidden_states, references = self.transformer.forward_aux(
+            targets.coords,
+            targets.feats,
+            head_idx,
+            enc['memory'],
+            enc['memory_mask'],
+            enc['spatial_shapes'],
+            enc['level_start_index'],
+            enc['valid_ratios'],
+            reg_branches=self.reg_branches)
+        all_cls_scores, all_bbox_preds = self(hidden_states, references)
+        return self.loss_aux_by_feat(all_cls_scores, all_bbox_preds, targets,
+                                     batch_img_metas, head_idx)
+
+    def loss_aux_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                         targets, batch_img_metas: List[dict],
+                         head_idx: int) -> Dict[str, Tensor]:
+        """Losses of every decoder layer against fixed one-to-many targets.
+
+        Args:
+            all_cls_scores (Tensor): (num_layers, bs, N, num_classes) logits.
+            all_bbox_preds (Tensor): (num_layers, bs, N, 4) normalised
+                (cx, cy, w, h).
+            targets (AuxQueryTargets): Targets from ``build_aux_targets``.
+            batch_img_metas (list[dict]): For ``img_shape``.
+            head_idx (int): Loss-key suffix.
+
+        Returns:
+            dict[str, Tensor]: 3 losses per decoder layer.
+        """
+        num_classes = all_cls_scores.size(-1)
+        labels = targets.labels.reshape(-1)
+        label_weights = targets.label_weights.reshape(-1)
+        bbox_targets = targets.bbox_targets.reshape(-1, 4)
+        bbox_weights = targets.bbox_weights.reshape(-1, 4)
+        # Positives reduced over GPUs, at least 1; the same factor serves the
+        # classification (background weight 0) and box losses.
+        num_pos = bbox_weights[:, 0].sum()
+        if self.sync_cls_avg_factor:
+            num_pos = reduce_mean(num_pos)
+        avg_factor = num_pos.clamp(min=1).item()
+        img_hw = all_bbox_preds.new_tensor(
+            [meta['img_shape'][:2] for meta in batch_img_metas])
+        n = all_bbox_preds.size(2)
+        factors = img_hw[:, [1, 0, 1, 0]].repeat_interleave(n, dim=0)
+        gt_xyxy = bbox_cxcywh_to_xyxy(bbox_targets) * factors
+
+        losses = dict()
+        num_layers = all_cls_scores.size(0)
+        for layer in range(num_layers):
+            cls_scores = all_cls_scores[layer].reshape(-1, num_classes)
+            bbox_preds = all_bbox_preds[layer].reshape(-1, 4)
+            loss_cls = self.loss_cls(
+                cls_scores, labels, label_weights, avg_factor=avg_factor)
+            loss_bbox = self.loss_bbox(
+                bbox_preds, bbox_targets, bbox_weights, avg_factor=avg_factor)
+            loss_iou = self.loss_iou(
+                bbox_cxcywh_to_xyxy(bbox_preds) * factors,
+                gt_xyxy,
+                bbox_weights,
+                avg_factor=avg_factor)
+            prefix = '' if layer == num_layers - 1 else f'd{layer}.'
+            for name, value in (('cls', loss_cls), ('bbox', loss_bbox),
+                                ('iou', loss_iou)):
+                key = f'{prefix}loss_{name}_aux{head_idx}'
+                losses[key] = value * self.lambda_1
+        return losses
+
+    def predict_by_outputs(self, outs: Dict, batch_data_samples: SampleList,
+                           rescale: bool = True) -> list:
+        """Top-100 over the last layer's (query, class) scores, no NMS.
+
+        Args:
+            outs (dict): Output of :meth:`forward_transformer`.
+            batch_data_samples (list[DetDataSample]): For the image metas.
+            rescale (bool): Map boxes back to the original image.
+
+        Returns:
+            list[InstanceData]: ``bboxes`` (n, 4) absolute (x1, y1, x2, y2),
+            ``scores`` (n, ), ``labels`` (n, ) per image.
+        """
+        batch_img_metas = [s.metainfo for s in batch_data_samples]
+        # Only the last layer is post-processed: skip the other branches.
+        last = outs['hidden_states'][-1:]
+        refs = outs['references']
+        layer = len(refs) - 2
+        cls_scores = self.cls_branches[layer](last)
+        coords = self.reg_branches[layer](last)
+        coords = (coords + inverse_sigmoid(refs[layer])).sigmoid()
+        return self.predict_by_feat(
+            cls_scores, coords, batch_img_metas, rescale=rescale)

@@ -1,0 +1,325 @@
+"""The Co-Deformable-DETR transformer.
+
+mmdet 3.x implements the Deformable DETR transformer stages
+(``pre_transformer -> forward_encoder -> pre_decoder -> forward_decoder``) as
+methods of its ``DeformableDETR`` detector. Co-DETR needs the transformer as a
+module of its own (the query head owns it, and the auxiliary decoding reuses
+it), so this module hosts the same parameters under the same names and reuses
+mmdet's stage functions where Co-DETR does not change them. What changes:
+
+- ``pre_decoder``: mixed selection (spec 4.1);
+- the decoder returns non-detached references (look-forward-twice, spec 4.2);
+- ``forward_aux``: decoding of customised positive queries (spec 3.4).
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmcv.ops import MultiScaleDeformableAttention
+from mmdet.models.detectors.deformable_detr import DeformableDETR
+from mmdet.models.layers import (DeformableDetrTransformerDecoder,
+                                 DeformableDetrTransformerEncoder,
+                                 SinePositionalEncoding, inverse_sigmoid)
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptMultiConfig
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+
+class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
+    """Deformable DETR decoder with look-forward-twice (spec 4.2).
+
+    mmdet's decoder returns the detached refined boxes. With
+    ``look_forward_twice=True`` the returned reference of layer ``l`` is the
+    refined box *before* detaching, so the box loss of layer ``l + 1`` (which
+    refines that reference) also trains layer ``l``. The reference fed to the
+    next layer's sampling stays detached, as in Deformable DETR.
+
+    Args:
+        look_forward_twice (bool): Return non-detached references.
+            Defaults to True.
+    """
+
+    def __init__(self, *args, look_forward_twice: bool = True,
+                 **kwargs) -> None:
+        self.look_forward_twice = look_forward_twice
+        super().__init__(*args, **kwargs)
+
+    def forward(self,
+                query: Tensor,
+                query_pos: Tensor,
+                value: Tensor,
+                key_padding_mask: Optional[Tensor],
+                reference_points: Tensor,
+                spatial_shapes: Tensor,
+                level_start_index: Tensor,
+                valid_ratios: Tensor,
+                reg_branches: Optional[nn.ModuleList] = None,
+                **kwargs) -> Tuple[Tensor, Tensor]:
+        """Run all layers with box refinement.
+
+        Args:
+            query (Tensor): Content queries, (bs, num_queries, dim).
+            query_pos (Tensor): Positional queries, (bs, num_queries, dim).
+            value (Tensor): Encoder memory, (bs, num_value, dim).
+            key_padding_mask (Tensor, optional): Padding mask of the memory,
+                (bs, num_value), True on padding.
+            reference_points (Tensor): Initial boxes, normalised
+                (cx, cy, w, h), (bs, num_queries, 4).
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            level_start_index (Tensor): (num_levels, ).
+            valid_ratios (Tensor): (bs, num_levels, 2).
+            reg_branches (nn.ModuleList, optional): Per-layer regression
+                branches used for refinement; no refinement when None.
+            **kwargs: Passed to every layer (e.g. ``self_attn_mask``).
+
+        Returns:
+            tuple[Tensor, Tensor]: Hidden states of every layer,
+            (num_layers, bs, num_queries, dim), and the reference boxes
+            returned for each layer's prediction, (num_layers, bs,
+            num_queries, 4), normalised (cx, cy, w, h).
+        """
+        if reference_points.shape[-1] != 4:
+            raise ValueError('Co-Deformable-DETR decodes 4-d reference boxes '
+                             '(two-stage); got reference points of shape '
+                             f'{tuple(reference_points.shape)}')
+        output = query
+        intermediate, intermediate_refs = [], []
+        scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+        for layer_id, layer in enumerate(self.layers):
+            output = layer(
+                output,
+                query_pos=query_pos,
+                value=value,
+                key_padding_mask=key_padding_mask,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                valid_ratios=valid_ratios,
+                reference_points=reference_points[:, :, None] * scale,
+                **kwargs)
+            returned_ref = reference_points
+            if reg_branches is not None:
+                new_ref = (reg_branches[layer_id](output) +
+                           inverse_sigmoid(reference_points)).sigmoid()
+                reference_points = new_ref.detach()
+                returned_ref = new_ref if self.look_forward_twice \
+                    else reference_points
+            intermediate.append(output)
+            intermediate_refs.append(returned_ref)
+        return torch.stack(intermediate), torch.stack(intermediate_refs)
+
+
+@MODELS.register_module()
+class CoDeformableDetrTransformer(BaseModule):
+    """Encoder, two-stage proposals, mixed selection and decoder.
+
+    Parameter names follow mmdet's ``DeformableDETR`` (``level_embed``,
+    ``memory_trans_fc``, ``pos_trans_fc``, ...), so its stage functions can be
+    reused unchanged.
+
+    Args:
+        encoder (dict): Config of ``DeformableDetrTransformerEncoder``.
+        decoder (dict): Config of :class:`CoDeformableDetrTransformerDecoder`
+            (``num_layers``, ``layer_cfg``, ``look_forward_twice``).
+        positional_encoding (dict): Config of ``SinePositionalEncoding``.
+            Injected by the query head.
+        num_queries (int): Queries selected from the encoder. Injected by the
+            query head.
+        num_feature_levels (int): Encoder levels. Defaults to 4.
+        mixed_selection (bool): Content queries from a learnt embedding
+            instead of the proposals (spec 4.1). Defaults to True.
+        num_co_heads (int): Number of auxiliary heads that supply positive
+            coordinates; injected by the detector. Defaults to 0.
+        head_pos_embed (str): ``'scalar'`` reproduces the released code: one
+            learnt scalar per auxiliary head added to all channels of the
+            positional query (spec 4.4). ``'vector'``: one learnt
+            ``embed_dims`` vector per head (the intended design).
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    # Reused verbatim from mmdet's Deformable DETR: they only read
+    # ``positional_encoding``, ``level_embed``, ``encoder``,
+    # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
+    pre_transformer = DeformableDETR.pre_transformer
+    forward_encoder = DeformableDETR.forward_encoder
+    gen_encoder_output_proposals = DeformableDETR.gen_encoder_output_proposals
+    get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
+    get_proposal_pos_embed = staticmethod(
+        DeformableDETR.get_proposal_pos_embed)
+
+    def __init__(self,
+                 encoder: ConfigType,
+                 decoder: ConfigType,
+                 positional_encoding: ConfigType,
+                 num_queries: int = 300,
+                 num_feature_levels: int = 4,
+                 mixed_selection: bool = True,
+                 num_co_heads: int = 0,
+                 head_pos_embed: str = 'scalar',
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if head_pos_embed not in ('scalar', 'vector'):
+            raise ValueError("head_pos_embed must be 'scalar' (released "
+                             "behaviour) or 'vector', got "
+                             f'{head_pos_embed!r}')
+        self.num_queries = num_queries
+        self.num_feature_levels = num_feature_levels
+        self.mixed_selection = mixed_selection
+        self.num_co_heads = num_co_heads
+        self.as_two_stage = True  # read by the reused mmdet stages
+
+        self.positional_encoding = SinePositionalEncoding(
+            **positional_encoding)
+        self.encoder = DeformableDetrTransformerEncoder(**encoder)
+        self.decoder = CoDeformableDetrTransformerDecoder(**decoder)
+        self.embed_dims = dims = self.encoder.embed_dims
+        if self.positional_encoding.num_feats * 2 != dims:
+            raise ValueError('positional_encoding.num_feats must be half of '
+                             f'embed_dims ({dims}), got '
+                             f'{self.positional_encoding.num_feats}')
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, dims))
+        self.memory_trans_fc = nn.Linear(dims, dims)
+        self.memory_trans_norm = nn.LayerNorm(dims)
+        self.pos_trans_fc = nn.Linear(dims * 2, dims * 2)
+        self.pos_trans_norm = nn.LayerNorm(dims * 2)
+
+        # Customised positive queries, one set of projections per head.
+        self.aux_pos_trans = nn.ModuleList(
+            nn.Linear(dims * 2, dims * 2) for _ in range(num_co_heads))
+        self.aux_pos_trans_norm = nn.ModuleList(
+            nn.LayerNorm(dims * 2) for _ in range(num_co_heads))
+        self.pos_feats_trans = nn.ModuleList(
+            nn.Linear(dims, dims) for _ in range(num_co_heads))
+        self.pos_feats_norm = nn.ModuleList(
+            nn.LayerNorm(dims) for _ in range(num_co_heads))
+        if num_co_heads > 0:
+            self.head_pos_embed = nn.Embedding(
+                num_co_heads, 1 if head_pos_embed == 'scalar' else dims)
+
+    def init_weights(self) -> None:
+        """Xavier on every matrix, then MSDeformAttn's init, then level
+        embeddings N(0, 1) (spec 1.3)."""
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.init_weights()
+        nn.init.normal_(self.level_embed)
+
+    def pre_decoder(self, memory: Tensor, memory_mask: Optional[Tensor],
+                    spatial_shapes: Tensor, cls_branches: nn.ModuleList,
+                    reg_branches: nn.ModuleList,
+                    query_embed: Tensor) -> Tuple[Dict, Dict]:
+        """Two-stage proposals and mixed query selection.
+
+        Args:
+            memory (Tensor): Encoder output, (bs, num_feat_points, dim).
+            memory_mask (Tensor, optional): (bs, num_feat_points), True on
+                padding; None when no image of the batch is padded.
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            cls_branches, reg_branches (nn.ModuleList): The query head's
+                branches; index ``decoder.num_layers`` scores the proposals.
+            query_embed (Tensor): Content queries of mixed selection,
+                (num_queries, dim).
+
+        Returns:
+            tuple[dict, dict]: Decoder inputs (``query``, ``query_pos``,
+            ``reference_points``) and encoder outputs for the loss
+            (``enc_outputs_class`` (bs, num_feat_points, num_classes),
+            ``enc_outputs_coord`` (bs, num_feat_points, 4) normalised
+            (cx, cy, w, h)).
+        """
+        if memory.size(1) < self.num_queries:
+            raise ValueError(
+                f'{self.num_queries} queries are selected from the encoder '
+                f'but the image gives only {memory.size(1)} feature points; '
+                'use larger images or fewer queries (num_query).')
+        c = memory.size(-1)
+        output_memory, output_proposals = self.gen_encoder_output_proposals(
+            memory, memory_mask, spatial_shapes)
+        num_layers = self.decoder.num_layers
+        enc_outputs_class = cls_branches[num_layers](output_memory)
+        enc_outputs_coord_unact = reg_branches[num_layers](
+            output_memory) + output_proposals
+        # Binary (foreground) selection on class channel 0: the encoder loss
+        # trains channel 0 with every ground truth relabelled as class 0.
+        topk = torch.topk(enc_outputs_class[..., 0], self.num_queries,
+                          dim=1)[1]
+        topk_coords_unact = torch.gather(
+            enc_outputs_coord_unact, 1,
+            topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
+        pos_trans_out = self.pos_trans_norm(
+            self.pos_trans_fc(self.get_proposal_pos_embed(topk_coords_unact)))
+        query_pos, query = torch.split(pos_trans_out, c, dim=2)
+        if self.mixed_selection:
+            query = query_embed.unsqueeze(0).expand(memory.size(0), -1, -1)
+        decoder_inputs = dict(
+            query=query,
+            query_pos=query_pos,
+            reference_points=topk_coords_unact.sigmoid())
+        enc_outputs = dict(
+            enc_outputs_class=enc_outputs_class,
+            enc_outputs_coord=enc_outputs_coord_unact.sigmoid())
+        return decoder_inputs, enc_outputs
+
+    def forward_decoder(self, query: Tensor, query_pos: Tensor,
+                        reference_points: Tensor, memory: Tensor,
+                        memory_mask: Optional[Tensor], spatial_shapes: Tensor,
+                        level_start_index: Tensor, valid_ratios: Tensor,
+                        reg_branches: nn.ModuleList,
+                        **kwargs) -> Tuple[Tensor, list]:
+        """Decode with box refinement.
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
+            num_queries, dim) and ``[initial reference, *per-layer
+            references]``, each (bs, num_queries, 4): the layout mmdet's
+            ``DeformableDETRHead.forward`` expects.
+        """
+        hidden_states, inter_refs = self.decoder(
+            query=query,
+            query_pos=query_pos,
+            value=memory,
+            key_padding_mask=memory_mask,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reg_branches=reg_branches,
+            **kwargs)
+        return hidden_states, [reference_points, *inter_refs]
+
+    def forward_aux(self, aux_coords: Tensor, aux_feats: Tensor,
+                    head_idx: int, memory: Tensor,
+                    memory_mask: Optional[Tensor], spatial_shapes: Tensor,
+                    level_start_index: Tensor, valid_ratios: Tensor,
+                    reg_branches: nn.ModuleList) -> Tuple[Tensor, list]:
+        """Decode the customised positive queries of auxiliary head k.
+
+        The memory is the encoder output already computed for the main
+        queries (re-flattening the pyramid gives the same tensor); the 300
+        main queries are not part of this pass (spec 3.4).
+
+        Args:
+            aux_coords (Tensor): Normalised (cx, cy, w, h) boxes, (bs, N, 4).
+            aux_feats (Tensor): Their features, (bs, N, dim).
+            head_idx (int): Index k of the auxiliary head.
+            memory ... valid_ratios: As in :meth:`forward_decoder`.
+            reg_branches (nn.ModuleList): Per-layer regression branches.
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`.
+        """
+        c = memory.size(-1)
+        pos_embed = self.get_proposal_pos_embed(inverse_sigmoid(aux_coords))
+        pos_trans_out = self.aux_pos_trans_norm[head_idx](
+            self.aux_pos_trans[head_idx](pos_embed))
+        query_pos, query = torch.split(pos_trans_out, c, dim=2)
+        query = query + self.pos_feats_norm[head_idx](
+            self.pos_feats_trans[head_idx](aux_feats))
+        # (1,) or (dim,): broadcast over queries either way (spec 4.4).
+        query_pos = query_pos + self.head_pos_embed.weight[head_idx]
+        return self.forward_decoder(query, query_pos, aux_coords, memory,
+                                    memory_mask, spatial_shapes,
+                                    level_start_index, valid_ratios,
+                                    reg_branches)

@@ -1,0 +1,236 @@
+"""The Co-DETR detector: one query head trained together with one-to-many
+auxiliary heads on the encoder output."""
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmdet.models.detectors import BaseDetector
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from torch import Tensor
+
+from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
+                          inject_num_co_heads, resolve_num_classes)
+
+EVAL_MODULES = ('detr', 'one-stage', 'two-stage')
+
+
+def add_loss_suffix(losses: Dict[str, Tensor],
+                    suffix: int) -> Dict[str, Tensor]:
+    """``{'loss_cls': v}`` -> ``{'loss_cls{suffix}': v}`` for every key."""
+    return {f'{key}{suffix}': value for key, value in losses.items()}
+
+
+@MODELS.register_module()
+class CoDETR(BaseDetector):
+    """Co-DETR: DETRs with collaborative hybrid assignments training.
+
+    Training (spec section 2): backbone and neck feed the query head's
+    encoder; the encoder memory, rebuilt as a 5-level pyramid, feeds the
+    auxiliary heads (RPN + RoI heads, dense heads such as ATSS), whose
+    one-to-many assignments become customised positive queries decoded by
+    the shared decoder. Inference runs the query head only (``eval_module``
+    selects an auxiliary head instead, running the encoder only).
+
+    Args:
+        backbone (dict): Backbone config.
+        neck (dict, optional): Neck config.
+        query_head (dict): ``CoDeformDETRHead`` config.
+        rpn_head (dict, optional): RPN config; its ``proposal_cfg`` sets the
+            training proposals handed to the RoI heads.
+        roi_head, bbox_head: RoI / dense auxiliary heads: a head dict, a
+            list, or a dict of named heads (``None`` disables one).
+        num_classes (int, optional): Classes of every head, set once here.
+        with_pos_coord (bool): Decode the auxiliary heads' positives as
+            customised positive queries. False keeps the auxiliary heads for
+            encoder supervision only. Defaults to True.
+        eval_module (str): ``'detr'``, ``'one-stage'`` (a dense auxiliary
+            head) or ``'two-stage'`` (RPN + a RoI head). Defaults to 'detr'.
+        eval_index (int): Which auxiliary head ``eval_module`` uses.
+        train_cfg, test_cfg (list, optional): Released list layout; omit
+            when each head carries its own ``train_cfg``/``test_cfg``.
+        data_preprocessor (dict, optional): ``DetDataPreprocessor`` config.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: ConfigType,
+                 neck: OptConfigType = None,
+                 query_head: OptConfigType = None,
+                 rpn_head: OptConfigType = None,
+                 roi_head: HeadCfgs = None,
+                 bbox_head: HeadCfgs = None,
+                 num_classes: Optional[int] = None,
+                 with_pos_coord: bool = True,
+                 eval_module: str = 'detr',
+                 eval_index: int = 0,
+                 train_cfg: Optional[list] = None,
+                 test_cfg: Optional[list] = None,
+                 data_preprocessor: OptConfigType = None,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if query_head is None:
+            raise ValueError('CoDETR needs a query_head')
+        query_head = copy.deepcopy(dict(query_head))
+        rpn_head = copy.deepcopy(dict(rpn_head)) if rpn_head else None
+        roi_heads = heads_as_list(roi_head, 'roi_head')
+        bbox_heads = heads_as_list(bbox_head, 'bbox_head')
+        if roi_heads and rpn_head is None:
+            raise ValueError('roi_head needs an rpn_head for its proposals')
+        distribute_released_cfgs(train_cfg, test_cfg, query_head, rpn_head,
+                                 roi_heads, bbox_heads)
+        self.num_classes = resolve_num_classes(num_classes, query_head,
+                                               roi_heads, bbox_heads)
+        self.with_pos_coord = with_pos_coord
+        num_co_heads = len(roi_heads) + len(bbox_heads) if with_pos_coord \
+            else 0
+        inject_num_co_heads(query_head, num_co_heads)
+
+        self.backbone = MODELS.build(backbone)
+        if neck is not None:
+            self.neck = MODELS.build(neck)
+        self.query_head = MODELS.build(query_head)
+        self.rpn_proposal_cfg = None
+        if rpn_head is not None:
+            self.rpn_proposal_cfg = rpn_head.pop('proposal_cfg', None) or \
+                rpn_head.get('test_cfg')
+            self.rpn_head = MODELS.build(rpn_head)
+        self.roi_head = torch.nn.ModuleList(
+            MODELS.build(cfg) for cfg in roi_heads)
+        self.bbox_head = torch.nn.ModuleList(
+            MODELS.build(cfg) for cfg in bbox_heads)
+
+        self._check_eval_module(eval_module, eval_index)
+        self.eval_module = eval_module
+        self.eval_index = eval_index
+
+    def _check_eval_module(self, eval_module: str, eval_index: int) -> None:
+        if eval_module not in EVAL_MODULES:
+            raise ValueError(f'eval_module must be one of {EVAL_MODULES}, '
+                             f'got {eval_module!r}')
+        heads = {'one-stage': self.bbox_head, 'two-stage': self.roi_head}
+        if eval_module in heads and not \
+                0 <= eval_index < len(heads[eval_module]):
+            kind = 'bbox_head' if eval_module == 'one-stage' else 'roi_head'
+            raise ValueError(
+                f"eval_module={eval_module!r} evaluates {kind}[{eval_index}]"
+                f' but the model has {len(heads[eval_module])} {kind}(s)')
+
+    @property
+    def with_rpn(self) -> bool:
+        return getattr(self, 'rpn_head', None) is not None
+
+    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
+        """Backbone and neck: (bs, 3, H, W) -> maps (bs, dim, h_l, w_l)."""
+        x = self.backbone(batch_inputs)
+        if self.with_neck:
+            x = self.neck(x)
+        return tuple(x)
+
+    def loss(self, batch_inputs: Tensor,
+             batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """All training losses (spec section 2).
+
+        Args:
+            batch_inputs (Tensor): Padded images, (bs, 3, H, W).
+            batch_data_samples (list[DetDataSample]): ``gt_instances`` with
+                absolute (x1, y1, x2, y2) boxes, and image metas.
+
+        Returns:
+            dict[str, Tensor]: Main, encoder, auxiliary-head and
+            auxiliary-query losses; every key to be summed contains 'loss'.
+        """
+        x = self.extract_feat(batch_inputs)
+        outs = self.query_head.forward_transformer(x, batch_data_samples)
+        losses = self.query_head.loss(outs['hidden_states'],
+                                      outs['references'],
+                                      outs['enc_outputs_class'],
+                                      outs['enc_outputs_coord'],
+                                      batch_data_samples)
+        pyramid = self.query_head.memory_to_pyramid(outs['memory'], x)
+        aux_losses, pos_coords = self.aux_heads_loss(pyramid,
+                                                     batch_data_samples)
+        losses.update(aux_losses)
+        for k, coords in enumerate(pos_coords):
+            losses.update(
+                self.query_head.loss_aux(outs, coords, k, batch_data_samples))
+        return losses
+
+    def aux_heads_loss(self, pyramid: Tuple[Tensor, ...],
+                       batch_data_samples: SampleList) -> Tuple[Dict, List]:
+        """Losses and positive coordinates of every auxiliary head.
+
+        RoI heads are numbered 0.. and dense heads continue the count; the
+        number suffixes their loss keys (RPN keys stay unsuffixed).
+
+        Returns:
+            tuple[dict, list[PositiveCoords]]: Losses, and one positive-
+            coordinate set per head when ``with_pos_coord``.
+        """
+        losses, pos_coords = dict(), []
+        if self.roi_head:
+            rpn_samples = copy.deepcopy(batch_data_samples)
+            for sample in rpn_samples:  # the RPN is class-agnostic
+                sample.gt_instances.labels = torch.zeros_like(
+                    sample.gt_instances.labels)
+            rpn_losses, proposals = self.rpn_head.loss_and_predict(
+                pyramid, rpn_samples, proposal_cfg=self.rpn_proposal_cfg)
+            losses.update(rpn_losses)
+            for i, roi_head in enumerate(self.roi_head):
+                head_losses, coords = roi_head.loss_and_pos_coords(
+                    pyramid, proposals, batch_data_samples)
+                losses.update(add_loss_suffix(head_losses, i))
+                pos_coords.append(coords)
+        for j, head in enumerate(self.bbox_head):
+            head_losses, coords = head.loss_and_pos_coords(
+                pyramid, batch_data_samples)
+            losses.update(add_loss_suffix(head_losses, len(self.roi_head) + j))
+            pos_coords.append(coords)
+        if not self.with_pos_coord:
+            pos_coords = []
+        return losses, pos_coords
+
+    def predict(self,
+                batch_inputs: Tensor,
+                batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        """Detections of ``eval_module`` (spec section 5).
+
+        Returns:
+            list[DetDataSample]: With ``pred_instances`` (``bboxes`` absolute
+            (x1, y1, x2, y2), ``scores``, ``labels``), at most the head's
+            ``max_per_img`` per image.
+        """
+        x = self.extract_feat(batch_inputs)
+        if self.eval_module == 'detr':
+            outs = self.query_head.forward_transformer(x, batch_data_samples)
+            results = self.query_head.predict_by_outputs(
+                outs, batch_data_samples, rescale=rescale)
+        else:
+            # Auxiliary heads only need the encoder.
+            enc = self.query_head.encode(x, batch_data_samples)
+            pyramid = self.query_head.memory_to_pyramid(enc['memory'], x)
+            if self.eval_module == 'one-stage':
+                results = self.bbox_head[self.eval_index].predict(
+                    pyramid, batch_data_samples, rescale=rescale)
+            else:
+                proposals = self.rpn_head.predict(
+                    pyramid, batch_data_samples, rescale=False)
+                results = self.roi_head[self.eval_index].predict(
+                    pyramid, proposals, batch_data_samples, rescale=rescale)
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def _forward(self, batch_inputs: Tensor,
+                 batch_data_samples: SampleList = None) -> Tuple[Tensor, ...]:
+        """Raw query-head outputs (tensor mode).
+
+        Returns:
+            tuple[Tensor, Tensor]: Class logits (num_layers, bs, num_query,
+            num_classes) and boxes (num_layers, bs, num_query, 4), normalised
+            (cx, cy, w, h).
+        """
+        x = self.extract_feat(batch_inputs)
+        outs = self.query_head.forward_transformer(x, batch_data_samples)
+        return self.query_head(outs['hidden_states'], outs['references'])

@@ -1,0 +1,112 @@
+"""Faster R-CNN's RoI head as a Co-DETR auxiliary head."""
+from typing import Dict, List, Tuple
+
+import torch
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.models.utils import unpack_gt_instances
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox2roi
+from mmdet.utils import InstanceList
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from .positive_coords import PositiveCoords
+
+
+@MODELS.register_module()
+class CoStandardRoIHead(StandardRoIHead):
+    """mmdet's ``StandardRoIHead`` that also reports its sampled RoIs.
+
+    Losses and inference are unchanged; :meth:`loss_and_pos_coords` also
+    returns the sampled RoIs with their labels, assigned boxes and pooled
+    features (spec 3.1). The bbox head must regress decoded boxes
+    (``reg_decoded_bbox=True``) so that its targets are absolute boxes.
+
+    Args:
+        max_pos_coords (int): Upper bound of RoIs reported per image.
+            Defaults to 2000 (above any sampler size, i.e. all of them).
+        **kwargs: ``StandardRoIHead`` arguments.
+    """
+
+    def __init__(self, *args, max_pos_coords: int = 2000, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_pos_coords = max_pos_coords
+        if not self.bbox_head.reg_decoded_bbox:
+            raise ValueError('CoStandardRoIHead needs '
+                             'bbox_head.reg_decoded_bbox=True: its targets '
+                             'become query targets and must be absolute '
+                             'boxes, not deltas.')
+
+    def loss(self, x: Tuple[Tensor, ...], rpn_results_list: InstanceList,
+             batch_data_samples: SampleList) -> dict:
+        """mmdet's RoI losses (positive coordinates discarded)."""
+        return self.loss_and_pos_coords(x, rpn_results_list,
+                                        batch_data_samples)[0]
+
+    def loss_and_pos_coords(
+            self, x: Tuple[Tensor, ...], rpn_results_list: InstanceList,
+            batch_data_samples: SampleList) -> Tuple[Dict, PositiveCoords]:
+        """Assign, sample, compute losses and report the sampled RoIs.
+
+        Args:
+            x (tuple[Tensor]): Pyramid levels (the extractor uses the first
+                ``len(featmap_strides)``), each (bs, dim, h_l, w_l).
+            rpn_results_list (list[InstanceData]): Proposals per image
+                (``bboxes`` absolute (x1, y1, x2, y2)).
+            batch_data_samples (list[DetDataSample]): Ground truth and metas.
+
+        Returns:
+            tuple[dict, PositiveCoords]: mmdet's losses (``loss_cls``,
+            ``loss_bbox``, ``acc``) and, per image, the first
+            P = min(max_pos_coords, smallest sample count) sampled RoIs in
+            sampler order (positives first): proposals (bs, P, 4), labels
+            (bs, P), assigned boxes (bs, P, 4) and RoI features averaged over
+            the pooling grid (bs, P, dim).
+        """
+        gt_instances, gt_ignore, _ = unpack_gt_instances(batch_data_samples)
+        sampling_results = []
+        for i, rpn_results in enumerate(rpn_results_list):
+            # A new InstanceData, not mmdet's in-place rename of ``bboxes``:
+            # several RoI heads share the same proposals.
+            proposals = InstanceData(priors=rpn_results.bboxes)
+            assign_result = self.bbox_assigner.assign(proposals,
+                                                      gt_instances[i],
+                                                      gt_ignore[i])
+            sampling_results.append(
+                self.bbox_sampler.sample(
+                    assign_result,
+                    proposals,
+                    gt_instances[i],
+                    feats=[lvl[i][None] for lvl in x]))
+
+        rois = bbox2roi([res.priors for res in sampling_results])
+        bbox_results = self._bbox_forward(x, rois)
+        loss_and_target = self.bbox_head.loss_and_target(
+            cls_score=bbox_results['cls_score'],
+            bbox_pred=bbox_results['bbox_pred'],
+            rois=rois,
+            sampling_results=sampling_results,
+            rcnn_train_cfg=self.train_cfg)
+        labels, _, bbox_targets, _ = loss_and_target['bbox_targets']
+        pos_coords = self._pos_coords(sampling_results, labels, bbox_targets,
+                                      bbox_results['bbox_feats'])
+        return loss_and_target['loss_bbox'], pos_coords
+
+    def _pos_coords(self, sampling_results: List, labels: Tensor,
+                    bbox_targets: Tensor, bbox_feats: Tensor) -> PositiveCoords:
+        """Stack the first P sampled RoIs of every image (spec 3.1)."""
+        counts = [len(res.priors) for res in sampling_results]
+        num = min(self.max_pos_coords, *counts)
+        feats = bbox_feats.mean(dim=(2, 3))  # (num_rois, dim), not detached
+        # With reg_decoded_bbox, targets are (num_rois, 4) absolute boxes.
+        def per_image(t: Tensor) -> Tensor:
+            return torch.stack([part[:num] for part in t.split(counts)])
+
+        return PositiveCoords(
+            coords=torch.stack([res.priors[:num] for res in sampling_results
+                                ]).detach(),
+            labels=per_image(labels),
+            targets=per_image(bbox_targets),
+            feats=per_image(feats),
+            source='rcnn')
