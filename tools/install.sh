@@ -74,7 +74,8 @@ fi
 pip_install() {
     "${PIP[@]}" install ${PIP_USER_FLAG[@]+"${PIP_USER_FLAG[@]}"} "$@"
 }
-PY_DESC="$("$PY" -c 'import sys; print(sys.executable, sys.version[:7])')"
+PY_DESC="$("$PY" -c 'import platform as p, sys
+print(sys.executable, p.python_version())')"
 log "python: $PY_DESC"
 
 # --- 1. torch ---------------------------------------------------------------
