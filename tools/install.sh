@@ -83,8 +83,8 @@ if TORCH_INSTALLED="$("$PY" -c 'import torch; print(torch.__version__)' \
         2>/dev/null)"; then
     log "torch $TORCH_INSTALLED already installed: keeping it."
 else
-    log "installing torch==$TORCH_VERSION" \
-        "${TORCH_INDEX_URL:+from $TORCH_INDEX_URL}"
+    log "installing torch==$TORCH_VERSION${TORCH_INDEX_URL:+ from \
+$TORCH_INDEX_URL}"
     pip_install "torch==$TORCH_VERSION" \
         ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
     TORCH_INSTALLED="$("$PY" -c 'import torch; print(torch.__version__)')"
