@@ -93,6 +93,11 @@ def test_full_model_structure(cfg):
     # zero-initialised last regression layers, focal prior on class bias
     assert (head.reg_branches[3][-1].weight == 0).all()
     assert abs(head.cls_branches[2].bias[0].item() + 4.595) < 1e-3
+    # the auxiliary heads get mmdet's own init (focal prior, N(0, 0.01))
+    assert abs(model.bbox_head[0].atss_cls.bias[0].item() + 4.595) < 1e-3
+    fc_cls = model.roi_head[0].bbox_head.fc_cls
+    assert fc_cls.weight.std().item() < 0.02 and (fc_cls.bias == 0).all()
+    assert model.rpn_head.rpn_cls.weight.std().item() < 0.02
 
 
 def test_num_classes_set_once_and_mismatch_is_clear():

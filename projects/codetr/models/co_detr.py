@@ -8,6 +8,7 @@ from mmdet.models.detectors import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from mmengine.model import ModuleList
 from torch import Tensor
 
 from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
@@ -97,10 +98,10 @@ class CoDETR(BaseDetector):
             self.rpn_proposal_cfg = rpn_head.pop('proposal_cfg', None) or \
                 rpn_head.get('test_cfg')
             self.rpn_head = MODELS.build(rpn_head)
-        self.roi_head = torch.nn.ModuleList(
-            MODELS.build(cfg) for cfg in roi_heads)
-        self.bbox_head = torch.nn.ModuleList(
-            MODELS.build(cfg) for cfg in bbox_heads)
+        # mmengine's ModuleList forwards init_weights() to the heads (a
+        # torch ModuleList would leave them at PyTorch's default init).
+        self.roi_head = ModuleList(MODELS.build(cfg) for cfg in roi_heads)
+        self.bbox_head = ModuleList(MODELS.build(cfg) for cfg in bbox_heads)
 
         self._check_eval_module(eval_module, eval_index)
         self.eval_module = eval_module
