@@ -117,7 +117,11 @@ fi
 #   MMCV_OK     1 when mmcv $MMCV_VERSION is installed, its ops import and
 #               it has CUDA if WANT_CUDA
 PROBE="$(MMCV_VERSION="$MMCV_VERSION" "$PY" - <<'EOF'
-import os, re, shlex, subprocess, sys
+import contextlib, os, re, shlex, subprocess, sys
+
+# Only the assignments at the end may reach stdout, which the shell evals.
+quiet = contextlib.redirect_stdout(sys.stderr)
+quiet.__enter__()
 import torch
 from torch.utils import cpp_extension
 
@@ -150,6 +154,7 @@ try:
                   and (has_cuda or not want_cuda))
 except Exception:
     pass
+quiet.__exit__(None, None, None)
 for key, value in dict(WANT_CUDA=int(want_cuda), ARCH_LIST=arch_list,
                        TAG=f'torch{torch.__version__}-{pytag}-{device}',
                        MMCV_OK=mmcv_ok).items():
@@ -194,13 +199,16 @@ much longer with CUDA; runs once, the wheel is cached in $WHEEL_DIR."
         log "build log: $BUILD_LOG"
         # --no-build-isolation: the build must see the installed torch, or
         # mmcv's setup.py silently skips the ops. --no-binary: never take a
-        # prebuilt mmcv wheel made for another torch. The wheel goes to a
+        # prebuilt mmcv wheel made for another torch. --no-cache-dir: pip's
+        # own wheel cache is keyed by the mmcv sdist only, so it would hand
+        # back a wheel built against another torch or without CUDA; the
+        # cache here is keyed by $TAG instead. The wheel goes to a
         # temporary directory first so that an interrupted build leaves no
         # wheel behind that a rerun would take for a good one.
         TMP_WHEELS="$(mktemp -d "$CACHE/build/wheels.XXXXXX")"
         # Success is judged by the wheel below, not by this pipeline.
         env "${BUILD_ENV[@]}" "${PIP[@]}" wheel --no-build-isolation \
-            --no-deps --no-binary mmcv "mmcv==$MMCV_VERSION" \
+            --no-deps --no-binary mmcv --no-cache-dir "mmcv==$MMCV_VERSION" \
             -w "$TMP_WHEELS" 2>&1 | tee "$BUILD_LOG" | grep --line-buffered \
             -E 'Building wheel|still running|Created wheel|ERROR|error:' \
             || true
