@@ -102,3 +102,25 @@ def test_getattr_standin_allows_statistics_methods():
     for name in ('min', 'max', 'mean', 'current'):
         assert compat._history_buffer_attr(HistoryBuffer, name) is getattr(
             HistoryBuffer, name)
+
+
+@needs_weights_only_default
+def test_numpy_arrays_load_under_both_numpy_module_names(tmp_path):
+    # numpy 2 pickles its reconstructors as `numpy._core.multiarray.*`,
+    # numpy 1 as `numpy.core.multiarray.*`; a checkpoint keeps the name of
+    # the numpy that wrote it. The legacy (non-zip) format keeps the pickle
+    # as plain bytes, so the module name can be swapped in place.
+    content = dict(array=np.arange(4, dtype=np.float32), scalar=np.int64(7))
+    path = tmp_path / 'numpy.pth'
+    torch.save(content, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    for module in (b'numpy._core.multiarray', b'numpy.core.multiarray'):
+        for other in (b'numpy._core.multiarray', b'numpy.core.multiarray'):
+            raw = raw.replace(other + b'\n', module + b'\n')
+        assert module + b'\n' in raw
+        path.write_bytes(raw)
+        loaded = torch.load(path, weights_only=True)
+        np.testing.assert_array_equal(loaded['array'], content['array'])
+        assert loaded['array'].dtype == np.float32
+        assert loaded['scalar'] == 7 and isinstance(loaded['scalar'],
+                                                    np.int64)
