@@ -122,5 +122,4 @@ def test_numpy_arrays_load_under_both_numpy_module_names(tmp_path):
         loaded = torch.load(path, weights_only=True)
         np.testing.assert_array_equal(loaded['array'], content['array'])
         assert loaded['array'].dtype == np.float32
-        assert loaded['scalar'] == 7 and isinstance(loaded['scalar'],
-                                                    np.int64)
+        assert loaded['scalar'] == 7 and isinstance(loaded['scalar'], np.int64)

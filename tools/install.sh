@@ -194,8 +194,8 @@ ${ARCH_LIST:-the torch default}."
             log "building mmcv $MMCV_VERSION with CPU ops only" \
                 "(CUDA ops need a CUDA torch and nvcc)."
         fi
-        log "this compiles ~300 files: about 11 min on 2 cores for CPU ops, \
-much longer with CUDA; runs once, the wheel is cached in $WHEEL_DIR."
+        log "compiling mmcv's ops takes about 12 min on 2 cores for CPU ops, \
+much longer with CUDA; it runs once: the wheel is cached in $WHEEL_DIR."
         log "build log: $BUILD_LOG"
         # --no-build-isolation: the build must see the installed torch, or
         # mmcv's setup.py silently skips the ops. --no-binary: never take a
