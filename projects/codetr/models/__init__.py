@@ -10,14 +10,19 @@
 """
 from .co_atss_head import CoATSSHead
 from .co_deform_detr_head import CoDeformDETRHead
-from .co_deformable_detr_transformer import (
-    CoDeformableDetrTransformer, CoDeformableDetrTransformerDecoder)
+from .co_deformable_detr_layers import (
+    CoDeformableDetrTransformerDecoder, CoDeformableDetrTransformerEncoder,
+    CoMultiScaleDeformableAttention)
+from .co_deformable_detr_transformer import CoDeformableDetrTransformer
 from .co_detr import CoDETR
+from .co_fcos_head import CoFCOSHead
 from .co_standard_roi_head import CoStandardRoIHead
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 
 __all__ = [
     'CoDETR', 'CoDeformDETRHead', 'CoDeformableDetrTransformer',
-    'CoDeformableDetrTransformerDecoder', 'CoATSSHead', 'CoStandardRoIHead',
+    'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerEncoder',
+    'CoMultiScaleDeformableAttention', 'CoATSSHead', 'CoStandardRoIHead',
+    'CoFCOSHead',
     'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets'
 ]

@@ -1,6 +1,7 @@
 """The query head of Co-Deformable-DETR."""
 from typing import Dict, List, Sequence, Tuple
 
+import torch
 from mmdet.models.dense_heads import DeformableDETRHead
 from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
@@ -8,6 +9,7 @@ from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import ConfigType, reduce_mean
 from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 from .positive_coords import PositiveCoords, build_aux_targets
@@ -163,6 +165,36 @@ class CoDeformDETRHead(DeformableDETRHead):
         pyramid.append(self.downsample(pyramid[-1]))
         return tuple(pyramid)
 
+    def loss_by_feat(self, all_layers_cls_scores: Tensor,
+                     all_layers_bbox_preds: Tensor, enc_cls_scores: Tensor,
+                     enc_bbox_preds: Tensor, *args, **kwargs) -> Dict:
+        """mmdet's main and encoder losses, computed in fp32.
+
+        Under autocast the branches output fp16; the focal matching cost
+        ``log(1 - p + 1e-12)`` then underflows to ``-inf`` and the Hungarian
+        solver rejects the cost matrix (MD#11416). Losses and matching
+        therefore see fp32 predictions.
+        """
+        return super().loss_by_feat(all_layers_cls_scores.float(),
+                                    all_layers_bbox_preds.float(),
+                                    enc_cls_scores.float(),
+                                    enc_bbox_preds.float(), *args, **kwargs)
+
+    def _get_targets_single(self, cls_score: Tensor, bbox_pred: Tensor,
+                            gt_instances: InstanceData,
+                            img_meta: dict) -> tuple:
+        """Hungarian targets of one image, matched on finite predictions.
+
+        A non-finite prediction (a diverging fp16 step, before the loss
+        scaler skips it) would make ``linear_sum_assignment`` raise; it is
+        matched as a zero instead, and the loss still sees the original
+        value, so the step is skipped as usual.
+        """
+        return super()._get_targets_single(
+            torch.nan_to_num(cls_score.detach(), 0.0, 0.0, 0.0),
+            torch.nan_to_num(bbox_pred.detach(), 0.5, 1.0, 0.0),
+            gt_instances, img_meta)
+
     def loss_aux(self, enc: Dict, pos_coords: PositiveCoords, head_idx: int,
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """One-to-many losses of the customised positive queries of head k.
@@ -213,6 +245,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         Returns:
             dict[str, Tensor]: 3 losses per decoder layer.
         """
+        all_cls_scores = all_cls_scores.float()  # fp32 losses under autocast
+        all_bbox_preds = all_bbox_preds.float()
         num_classes = all_cls_scores.size(-1)
         labels = targets.labels.reshape(-1)
         label_weights = targets.label_weights.reshape(-1)

@@ -8,7 +8,9 @@ it), so this module hosts the same parameters under the same names and reuses
 mmdet's stage functions where Co-DETR does not change them. What changes:
 
 - ``pre_decoder``: mixed selection (spec 4.1);
-- the decoder returns non-detached references (look-forward-twice, spec 4.2);
+- the decoder returns non-detached references (look-forward-twice, spec 4.2)
+  and the layers use fp32 deformable sampling under autocast
+  (``co_deformable_detr_layers``);
 - ``forward_aux``: decoding of customised positive queries (spec 3.4).
 """
 from typing import Dict, Optional, Tuple
@@ -16,96 +18,14 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.models.detectors.deformable_detr import DeformableDETR
-from mmdet.models.layers import (DeformableDetrTransformerDecoder,
-                                 DeformableDetrTransformerEncoder,
-                                 SinePositionalEncoding, inverse_sigmoid)
+from mmdet.models.layers import SinePositionalEncoding, inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-
-class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
-    """Deformable DETR decoder with look-forward-twice (spec 4.2).
-
-    mmdet's decoder returns the detached refined boxes. With
-    ``look_forward_twice=True`` the returned reference of layer ``l`` is the
-    refined box *before* detaching, so the box loss of layer ``l + 1`` (which
-    refines that reference) also trains layer ``l``. The reference fed to the
-    next layer's sampling stays detached, as in Deformable DETR.
-
-    Args:
-        look_forward_twice (bool): Return non-detached references.
-            Defaults to True.
-    """
-
-    def __init__(self, *args, look_forward_twice: bool = True,
-                 **kwargs) -> None:
-        self.look_forward_twice = look_forward_twice
-        super().__init__(*args, **kwargs)
-
-    def forward(self,
-                query: Tensor,
-                query_pos: Tensor,
-                value: Tensor,
-                key_padding_mask: Optional[Tensor],
-                reference_points: Tensor,
-                spatial_shapes: Tensor,
-                level_start_index: Tensor,
-                valid_ratios: Tensor,
-                reg_branches: Optional[nn.ModuleList] = None,
-                **kwargs) -> Tuple[Tensor, Tensor]:
-        """Run all layers with box refinement.
-
-        Args:
-            query (Tensor): Content queries, (bs, num_queries, dim).
-            query_pos (Tensor): Positional queries, (bs, num_queries, dim).
-            value (Tensor): Encoder memory, (bs, num_value, dim).
-            key_padding_mask (Tensor, optional): Padding mask of the memory,
-                (bs, num_value), True on padding.
-            reference_points (Tensor): Initial boxes, normalised
-                (cx, cy, w, h), (bs, num_queries, 4).
-            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
-            level_start_index (Tensor): (num_levels, ).
-            valid_ratios (Tensor): (bs, num_levels, 2).
-            reg_branches (nn.ModuleList, optional): Per-layer regression
-                branches used for refinement; no refinement when None.
-            **kwargs: Passed to every layer (e.g. ``self_attn_mask``).
-
-        Returns:
-            tuple[Tensor, Tensor]: Hidden states of every layer,
-            (num_layers, bs, num_queries, dim), and the reference boxes
-            returned for each layer's prediction, (num_layers, bs,
-            num_queries, 4), normalised (cx, cy, w, h).
-        """
-        if reference_points.shape[-1] != 4:
-            raise ValueError('Co-Deformable-DETR decodes 4-d reference boxes '
-                             '(two-stage); got reference points of shape '
-                             f'{tuple(reference_points.shape)}')
-        output = query
-        intermediate, intermediate_refs = [], []
-        scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
-        for layer_id, layer in enumerate(self.layers):
-            output = layer(
-                output,
-                query_pos=query_pos,
-                value=value,
-                key_padding_mask=key_padding_mask,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-                valid_ratios=valid_ratios,
-                reference_points=reference_points[:, :, None] * scale,
-                **kwargs)
-            returned_ref = reference_points
-            if reg_branches is not None:
-                new_ref = (reg_branches[layer_id](output) +
-                           inverse_sigmoid(reference_points)).sigmoid()
-                reference_points = new_ref.detach()
-                returned_ref = new_ref if self.look_forward_twice \
-                    else reference_points
-            intermediate.append(output)
-            intermediate_refs.append(returned_ref)
-        return torch.stack(intermediate), torch.stack(intermediate_refs)
+from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
+                                        CoDeformableDetrTransformerEncoder)
 
 
 @MODELS.register_module()
@@ -169,7 +89,7 @@ class CoDeformableDetrTransformer(BaseModule):
 
         self.positional_encoding = SinePositionalEncoding(
             **positional_encoding)
-        self.encoder = DeformableDetrTransformerEncoder(**encoder)
+        self.encoder = CoDeformableDetrTransformerEncoder(**encoder)
         self.decoder = CoDeformableDetrTransformerDecoder(**decoder)
         self.embed_dims = dims = self.encoder.embed_dims
         if self.positional_encoding.num_feats * 2 != dims:

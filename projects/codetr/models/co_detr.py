@@ -80,6 +80,10 @@ class CoDETR(BaseDetector):
         bbox_heads = heads_as_list(bbox_head, 'bbox_head')
         if roi_heads and rpn_head is None:
             raise ValueError('roi_head needs an rpn_head for its proposals')
+        if rpn_head is not None and not roi_heads:
+            raise ValueError('rpn_head is set but there is no roi_head: the '
+                             'RPN only feeds the RoI heads. Set '
+                             'model.rpn_head=None as well.')
         distribute_released_cfgs(train_cfg, test_cfg, query_head, rpn_head,
                                  roi_heads, bbox_heads)
         self.num_classes = resolve_num_classes(num_classes, query_head,
@@ -93,6 +97,11 @@ class CoDETR(BaseDetector):
         if neck is not None:
             self.neck = MODELS.build(neck)
         self.query_head = MODELS.build(query_head)
+        if not (roi_heads or bbox_heads):
+            # K = 0: nothing reads the auxiliary pyramid, and its unused
+            # stride-2 downsample would be a parameter without gradient
+            # (an error under DDP without find_unused_parameters).
+            del self.query_head.downsample
         self.rpn_proposal_cfg = None
         if rpn_head is not None:
             self.rpn_proposal_cfg = rpn_head.pop('proposal_cfg', None) or \
@@ -150,6 +159,8 @@ class CoDETR(BaseDetector):
                                       outs['enc_outputs_class'],
                                       outs['enc_outputs_coord'],
                                       batch_data_samples)
+        if not (self.roi_head or self.bbox_head):
+            return losses  # K = 0: no auxiliary head
         pyramid = self.query_head.memory_to_pyramid(outs['memory'], x)
         aux_losses, pos_coords = self.aux_heads_loss(pyramid,
                                                      batch_data_samples)

@@ -1,0 +1,274 @@
+"""Deformable DETR layers as Co-DETR uses them.
+
+Subclasses of mmdet's Deformable DETR encoder/decoder and of mmcv's
+``MultiScaleDeformableAttention``; each states what it changes and why:
+
+- :class:`CoMultiScaleDeformableAttention`: the sampling core runs in fp32
+  under autocast, and the forward has no host-device synchronisation;
+- :class:`CoDeformableDetrTransformerEncoder`: gradient checkpointing of the
+  first ``num_cp`` layers with ``torch.utils.checkpoint`` (no fairscale);
+- :class:`CoDeformableDetrTransformerDecoder`: look-forward-twice.
+"""
+from typing import Optional, Tuple
+
+import torch
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
+from mmcv.ops.multi_scale_deform_attn import (
+    MultiScaleDeformableAttention, MultiScaleDeformableAttnFunction,
+    multi_scale_deformable_attn_pytorch)
+from mmdet.models.layers import (DeformableDetrTransformerDecoder,
+                                 DeformableDetrTransformerDecoderLayer,
+                                 DeformableDetrTransformerEncoder,
+                                 DeformableDetrTransformerEncoderLayer,
+                                 inverse_sigmoid)
+from mmengine.model import ModuleList
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
+    """mmcv's multi-scale deformable attention with two changes.
+
+    1. Under autocast the bilinear sampling and weighting (mmcv's CUDA op or
+       its PyTorch path) run in fp32. mmcv's op has no bf16 kernel, and in
+       fp16 its sampling locations lose precision and its backward
+       accumulates in half precision. The projections around it still run
+       in the autocast dtype.
+    2. mmcv asserts ``sum(h * w) == num_value`` with a tensor comparison,
+       which blocks the host until the GPU catches up, in every layer. The
+       shapes come from the same feature maps, so the check is dropped.
+
+    Arguments, shapes and parameters are mmcv's; ``batch_first=True`` only.
+    """
+
+    def forward(self,
+                query: Tensor,
+                key: Optional[Tensor] = None,
+                value: Optional[Tensor] = None,
+                identity: Optional[Tensor] = None,
+                query_pos: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None,
+                reference_points: Optional[Tensor] = None,
+                spatial_shapes: Optional[Tensor] = None,
+                level_start_index: Optional[Tensor] = None,
+                **kwargs) -> Tensor:
+        """Deformable attention of ``query`` (bs, num_query, dims) over
+        ``value`` (bs, num_value, dims) around ``reference_points``
+        (bs, num_query, num_levels, 2 or 4), normalised to [0, 1]."""
+        if not self.batch_first:
+            raise ValueError('CoMultiScaleDeformableAttention needs '
+                             'batch_first=True')
+        value = query if value is None else value
+        identity = query if identity is None else identity
+        if query_pos is not None:
+            query = query + query_pos
+        bs, num_query, _ = query.shape
+        num_value = value.shape[1]
+
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(bs, num_value, self.num_heads, -1)
+        sampling_offsets = self.sampling_offsets(query).view(
+            bs, num_query, self.num_heads, self.num_levels, self.num_points, 2)
+        attention_weights = self.attention_weights(query).view(
+            bs, num_query, self.num_heads, self.num_levels * self.num_points)
+
+        with torch.autocast(device_type=value.device.type, enabled=False):
+            attention_weights = attention_weights.float().softmax(-1).view(
+                bs, num_query, self.num_heads, self.num_levels,
+                self.num_points)
+            sampling_offsets = sampling_offsets.float()
+            reference_points = reference_points.float()
+            if reference_points.shape[-1] == 2:
+                offset_normalizer = torch.stack(
+                    [spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+                sampling_locations = reference_points[:, :, None, :, None] \
+                    + sampling_offsets \
+                    / offset_normalizer[None, None, None, :, None, :]
+            elif reference_points.shape[-1] == 4:
+                sampling_locations = \
+                    reference_points[:, :, None, :, None, :2] \
+                    + sampling_offsets / self.num_points \
+                    * reference_points[:, :, None, :, None, 2:] * 0.5
+            else:
+                raise ValueError('reference_points must end in 2 or 4, got '
+                                 f'{tuple(reference_points.shape)}')
+            value = value.float()
+            if value.is_cuda:
+                output = MultiScaleDeformableAttnFunction.apply(
+                    value, spatial_shapes, level_start_index,
+                    sampling_locations, attention_weights, self.im2col_step)
+            else:
+                output = multi_scale_deformable_attn_pytorch(
+                    value, spatial_shapes, sampling_locations,
+                    attention_weights)
+        output = self.output_proj(output)
+        return self.dropout(output) + identity
+
+
+class CoDeformableDetrTransformerEncoderLayer(
+        DeformableDetrTransformerEncoderLayer):
+    """Encoder layer whose self-attention is
+    :class:`CoMultiScaleDeformableAttention`."""
+
+    def _init_layers(self) -> None:
+        self.self_attn = CoMultiScaleDeformableAttention(**self.self_attn_cfg)
+        self.embed_dims = self.self_attn.embed_dims
+        self.ffn = FFN(**self.ffn_cfg)
+        self.norms = ModuleList(
+            build_norm_layer(self.norm_cfg, self.embed_dims)[1]
+            for _ in range(2))
+
+
+class CoDeformableDetrTransformerDecoderLayer(
+        DeformableDetrTransformerDecoderLayer):
+    """Decoder layer whose cross-attention is
+    :class:`CoMultiScaleDeformableAttention`."""
+
+    def _init_layers(self) -> None:
+        self.self_attn = MultiheadAttention(**self.self_attn_cfg)
+        self.cross_attn = CoMultiScaleDeformableAttention(
+            **self.cross_attn_cfg)
+        self.embed_dims = self.self_attn.embed_dims
+        self.ffn = FFN(**self.ffn_cfg)
+        self.norms = ModuleList(
+            build_norm_layer(self.norm_cfg, self.embed_dims)[1]
+            for _ in range(3))
+
+
+class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
+    """Deformable DETR encoder with ``torch.utils.checkpoint``.
+
+    ``num_cp`` (mmdet's argument) layers, counted from the first, recompute
+    their activations in the backward pass instead of storing them. mmdet
+    wraps them with fairscale, an extra dependency that broke under DDP
+    (field notes, SX#62); the non-reentrant ``torch.utils.checkpoint`` needs
+    nothing extra and works with DDP.
+    """
+
+    def _init_layers(self) -> None:
+        self.layers = ModuleList(
+            CoDeformableDetrTransformerEncoderLayer(**self.layer_cfg)
+            for _ in range(self.num_layers))
+        self.num_cp = max(self.num_cp, 0)  # mmdet's default -1 means none
+        if self.num_cp > self.num_layers:
+            raise ValueError(f'num_cp must be at most {self.num_layers} (the '
+                             f'encoder layers), got {self.num_cp}')
+        self.embed_dims = self.layers[0].embed_dims
+
+    def forward(self, query: Tensor, query_pos: Tensor,
+                key_padding_mask: Optional[Tensor], spatial_shapes: Tensor,
+                level_start_index: Tensor, valid_ratios: Tensor,
+                **kwargs) -> Tensor:
+        """Encode flattened features (bs, num_feat_points, dims)."""
+        reference_points = self.get_encoder_reference_points(
+            spatial_shapes, valid_ratios, device=query.device)
+        for i, layer in enumerate(self.layers):
+            inputs = dict(
+                query_pos=query_pos,
+                key_padding_mask=key_padding_mask,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                valid_ratios=valid_ratios,
+                reference_points=reference_points,
+                **kwargs)
+            if i < self.num_cp and self.training and torch.is_grad_enabled():
+                query = checkpoint(layer, query, use_reentrant=False,
+                                   **inputs)
+            else:
+                query = layer(query, **inputs)
+        return query
+
+
+class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
+    """Deformable DETR decoder with look-forward-twice (spec 4.2).
+
+    mmdet's decoder returns the detached refined boxes. With
+    ``look_forward_twice=True`` the returned reference of layer ``l`` is the
+    refined box *before* detaching, so the box loss of layer ``l + 1`` (which
+    refines that reference) also trains layer ``l``. The reference fed to the
+    next layer's sampling stays detached, as in Deformable DETR.
+
+    Args:
+        look_forward_twice (bool): Return non-detached references.
+            Defaults to True.
+    """
+
+    def __init__(self, *args, look_forward_twice: bool = True,
+                 **kwargs) -> None:
+        self.look_forward_twice = look_forward_twice
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        if self.post_norm_cfg is not None:
+            raise ValueError('Deformable DETR decoders have no post norm: '
+                             'set decoder.post_norm_cfg=None')
+        self.layers = ModuleList(
+            CoDeformableDetrTransformerDecoderLayer(**self.layer_cfg)
+            for _ in range(self.num_layers))
+        self.embed_dims = self.layers[0].embed_dims
+
+    def forward(self,
+                query: Tensor,
+                query_pos: Tensor,
+                value: Tensor,
+                key_padding_mask: Optional[Tensor],
+                reference_points: Tensor,
+                spatial_shapes: Tensor,
+                level_start_index: Tensor,
+                valid_ratios: Tensor,
+                reg_branches: Optional[nn.ModuleList] = None,
+                **kwargs) -> Tuple[Tensor, Tensor]:
+        """Run all layers with box refinement.
+
+        Args:
+            query (Tensor): Content queries, (bs, num_queries, dim).
+            query_pos (Tensor): Positional queries, (bs, num_queries, dim).
+            value (Tensor): Encoder memory, (bs, num_value, dim).
+            key_padding_mask (Tensor, optional): Padding mask of the memory,
+                (bs, num_value), True on padding.
+            reference_points (Tensor): Initial boxes, normalised
+                (cx, cy, w, h), (bs, num_queries, 4).
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            level_start_index (Tensor): (num_levels, ).
+            valid_ratios (Tensor): (bs, num_levels, 2).
+            reg_branches (nn.ModuleList, optional): Per-layer regression
+                branches used for refinement; no refinement when None.
+            **kwargs: Passed to every layer (e.g. ``self_attn_mask``).
+
+        Returns:
+            tuple[Tensor, Tensor]: Hidden states of every layer,
+            (num_layers, bs, num_queries, dim), and the reference boxes
+            returned for each layer's prediction, (num_layers, bs,
+            num_queries, 4), normalised (cx, cy, w, h).
+        """
+        if reference_points.shape[-1] != 4:
+            raise ValueError('Co-Deformable-DETR decodes 4-d reference boxes '
+                             '(two-stage); got reference points of shape '
+                             f'{tuple(reference_points.shape)}')
+        output = query
+        intermediate, intermediate_refs = [], []
+        scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+        for layer_id, layer in enumerate(self.layers):
+            output = layer(
+                output,
+                query_pos=query_pos,
+                value=value,
+                key_padding_mask=key_padding_mask,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                valid_ratios=valid_ratios,
+                reference_points=reference_points[:, :, None] * scale,
+                **kwargs)
+            returned_ref = reference_points
+            if reg_branches is not None:
+                new_ref = (reg_branches[layer_id](output) +
+                           inverse_sigmoid(reference_points)).sigmoid()
+                reference_points = new_ref.detach()
+                returned_ref = new_ref if self.look_forward_twice \
+                    else reference_points
+            intermediate.append(output)
+            intermediate_refs.append(returned_ref)
+        return torch.stack(intermediate), torch.stack(intermediate_refs)

@@ -1,0 +1,97 @@
+"""FCOS as a Co-DETR auxiliary head."""
+from typing import Dict, List, Tuple
+
+import torch
+from mmdet.models.dense_heads import FCOSHead
+from mmdet.models.utils import unpack_gt_instances
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from torch import Tensor
+
+from .positive_coords import PositiveCoords
+
+
+@MODELS.register_module()
+class CoFCOSHead(FCOSHead):
+    """mmdet's ``FCOSHead`` that also reports its assignment.
+
+    Losses, assignment (points inside a ground-truth box, or inside its
+    centre region with ``center_sampling``, within the level's regress
+    range; the smallest box wins) and inference are unchanged. The addition
+    is :meth:`loss_and_pos_coords`: FCOS has points, not anchors, so every
+    point at level ``l`` is reported as a square box of side ``2 ** (l + 6)``
+    (64 px at stride 8 ... 1024 px at stride 128, the size of the ATSS
+    anchors of the same levels) centred on the point, as proposed by the
+    Co-DETR authors for FCOS (Sense-X/Co-DETR#35).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._targets = None
+
+    def get_targets(self, points: List[Tensor], *args,
+                    **kwargs) -> Tuple[List[Tensor], List[Tensor]]:
+        """mmdet's targets, kept (with the points) for
+        :meth:`loss_and_pos_coords`.
+
+        ``FCOSHead.loss_by_feat`` computes the targets internally and returns
+        only losses; keeping them here (consumed and cleared right after the
+        loss) reuses that method instead of copying it.
+        """
+        targets = super().get_targets(points, *args, **kwargs)
+        self._targets = (points, *targets)
+        return targets
+
+    def loss_and_pos_coords(
+            self, x: Tuple[Tensor, ...],
+            batch_data_samples: SampleList) -> Tuple[Dict, PositiveCoords]:
+        """Losses and positive coordinates on the auxiliary pyramid.
+
+        Args:
+            x (tuple[Tensor]): Pyramid levels, each (bs, dim, h_l, w_l).
+            batch_data_samples (list[DetDataSample]): Ground truth and metas.
+
+        Returns:
+            tuple[dict, PositiveCoords]: mmdet's FCOS losses (``loss_cls``,
+            ``loss_bbox``, ``loss_centerness``), and for all
+            A = sum(h_l * w_l) points (level-major then row-major): boxes of
+            side ``2 ** (l + 6)`` centred on the points (bs, A, 4), labels
+            (bs, A) (``num_classes`` for negatives), assigned ground-truth
+            boxes (bs, A, 4) (zeros for negatives), all absolute
+            (x1, y1, x2, y2), and the pyramid feature at each point
+            (bs, A, dim).
+        """
+        outs = self(x)
+        gt_instances, gt_ignore, img_metas = unpack_gt_instances(
+            batch_data_samples)
+        losses = self.loss_by_feat(*outs, gt_instances, img_metas, gt_ignore)
+        points, labels, ltrb = self._targets
+        self._targets = None
+        num_imgs = x[0].size(0)
+
+        coords, targets = [], []
+        for lvl, lvl_points in enumerate(points):
+            half = 2**(lvl + 6) / 2
+            coords.append(
+                torch.cat([lvl_points - half, lvl_points + half], dim=-1))
+            # mmdet stacks the images within each level: (bs * n_l, 4).
+            dist = ltrb[lvl].view(num_imgs, -1, 4)
+            if self.norm_on_bbox:  # targets were divided by the stride
+                dist = dist * self.strides[lvl]
+            targets.append(
+                torch.cat([lvl_points - dist[..., :2], lvl_points +
+                           dist[..., 2:]], dim=-1))
+        labels = torch.cat([lbl.view(num_imgs, -1) for lbl in labels], dim=1)
+        targets = torch.cat(targets, dim=1)
+        # Negatives carry distances to an arbitrary box: zero them.
+        is_pos = (labels >= 0) & (labels < self.num_classes)
+        targets = torch.where(is_pos[..., None], targets,
+                              targets.new_zeros(()))
+        feats = torch.cat([lvl.flatten(2) for lvl in x], dim=2).transpose(1, 2)
+        pos_coords = PositiveCoords(
+            coords=torch.cat(coords, dim=0).expand(num_imgs, -1, -1),
+            labels=labels,
+            targets=targets.detach(),
+            feats=feats,
+            source='fcos')
+        return losses, pos_coords
