@@ -78,15 +78,14 @@ class CoFCOSHead(FCOSHead):
             dist = ltrb[lvl].view(num_imgs, -1, 4)
             if self.norm_on_bbox:  # targets were divided by the stride
                 dist = dist * self.strides[lvl]
-            targets.append(
-                torch.cat([lvl_points - dist[..., :2], lvl_points +
-                           dist[..., 2:]], dim=-1))
+            x1y1 = lvl_points - dist[..., :2]  # (px - l, py - t)
+            x2y2 = lvl_points + dist[..., 2:]  # (px + r, py + b)
+            targets.append(torch.cat([x1y1, x2y2], dim=-1))
         labels = torch.cat([lbl.view(num_imgs, -1) for lbl in labels], dim=1)
         targets = torch.cat(targets, dim=1)
         # Negatives carry distances to an arbitrary box: zero them.
         is_pos = (labels >= 0) & (labels < self.num_classes)
-        targets = torch.where(is_pos[..., None], targets,
-                              targets.new_zeros(()))
+        targets = torch.where(is_pos[..., None], targets, 0.0)
         feats = torch.cat([lvl.flatten(2) for lvl in x], dim=2).transpose(1, 2)
         pos_coords = PositiveCoords(
             coords=torch.cat(coords, dim=0).expand(num_imgs, -1, -1),
