@@ -110,3 +110,26 @@ def test_num_cp_larger_than_encoder_is_an_error():
     cfg.query_head.transformer.encoder.num_cp = 5
     with pytest.raises((ValueError, AssertionError)):
         build_model(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_co_msda_cuda_op_matches_pytorch_path_and_amp():
+    """mmcv's CUDA op gives the PyTorch-path result; under fp16 autocast the
+    fp32 sampling keeps the output close to the fp32 one."""
+    torch.manual_seed(0)
+    attn = CoMultiScaleDeformableAttention(
+        embed_dims=32, num_heads=4, num_levels=2, num_points=3,
+        batch_first=True, dropout=0.0)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    inputs = _msda_inputs()
+    cpu_out = attn(**inputs)
+    attn = attn.cuda()
+    cuda_inputs = {k: v.cuda() for k, v in inputs.items()}
+    cuda_out = attn(**cuda_inputs)
+    torch.testing.assert_close(cuda_out.cpu(), cpu_out, rtol=1e-4,
+                               atol=1e-5)
+    with torch.autocast('cuda', dtype=torch.float16):
+        amp_out = attn(**cuda_inputs)
+    torch.testing.assert_close(amp_out.float().cpu(), cpu_out, rtol=2e-2,
+                               atol=2e-2)

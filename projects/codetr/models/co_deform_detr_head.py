@@ -35,6 +35,9 @@ class CoDeformDETRHead(DeformableDETRHead):
             image and auxiliary head. Defaults to 300.
         lambda_1 (float): Weight of the auxiliary-query losses.
             Defaults to 1.0.
+        with_aux_pyramid (bool): Build the ``downsample`` that completes the
+            auxiliary heads' pyramid; set by ``CoDETR`` (False without
+            auxiliary heads). Defaults to True.
         **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
             ``embed_dims``, losses, ``train_cfg``, ``test_cfg``...). The
             prediction-layer layout (``share_pred_layer``, ``num_pred_layer``,
@@ -49,6 +52,7 @@ class CoDeformDETRHead(DeformableDETRHead):
                  num_query: int = 300,
                  max_pos_coords: int = 300,
                  lambda_1: float = 1.0,
+                 with_aux_pyramid: bool = True,
                  **kwargs) -> None:
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
@@ -60,6 +64,7 @@ class CoDeformDETRHead(DeformableDETRHead):
         self.num_query = num_query
         self.max_pos_coords = max_pos_coords
         self.lambda_1 = lambda_1
+        self.with_aux_pyramid = with_aux_pyramid
         self._transformer_cfg = dict(
             transformer,
             positional_encoding=positional_encoding,
@@ -82,9 +87,10 @@ class CoDeformDETRHead(DeformableDETRHead):
             raise ValueError(f'query_head.embed_dims ({self.embed_dims}) must '
                              f'equal the transformer width ({dims})')
         self.query_embedding = nn.Embedding(self.num_query, dims)
-        self.downsample = nn.Sequential(
-            nn.Conv2d(dims, dims, kernel_size=3, stride=2, padding=1),
-            nn.GroupNorm(32, dims))
+        if self.with_aux_pyramid:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(dims, dims, kernel_size=3, stride=2, padding=1),
+                nn.GroupNorm(32, dims))
 
     def init_weights(self) -> None:
         """mmdet's branch init (focal prior bias, zeroed last reg layers),
@@ -155,6 +161,9 @@ class CoDeformDETRHead(DeformableDETRHead):
         Returns:
             tuple[Tensor]: num_levels + 1 maps, each (bs, dim, h_l, w_l).
         """
+        if not self.with_aux_pyramid:
+            raise RuntimeError('this query head was built without auxiliary '
+                               'heads (with_aux_pyramid=False)')
         bs, _, dims = memory.shape
         sizes = [feat.shape[-2:] for feat in mlvl_feats]
         levels = memory.split([h * w for h, w in sizes], dim=1)

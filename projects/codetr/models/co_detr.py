@@ -96,12 +96,11 @@ class CoDETR(BaseDetector):
         self.backbone = MODELS.build(backbone)
         if neck is not None:
             self.neck = MODELS.build(neck)
+        # K = 0: nothing reads the auxiliary pyramid, so the query head
+        # builds no stride-2 downsample (it would be a parameter without
+        # gradient, an error under DDP without find_unused_parameters).
+        query_head['with_aux_pyramid'] = bool(roi_heads or bbox_heads)
         self.query_head = MODELS.build(query_head)
-        if not (roi_heads or bbox_heads):
-            # K = 0: nothing reads the auxiliary pyramid, and its unused
-            # stride-2 downsample would be a parameter without gradient
-            # (an error under DDP without find_unused_parameters).
-            del self.query_head.downsample
         self.rpn_proposal_cfg = None
         if rpn_head is not None:
             self.rpn_proposal_cfg = rpn_head.pop('proposal_cfg', None) or \

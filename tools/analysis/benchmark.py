@@ -1,0 +1,261 @@
+"""Train-step time, peak memory and inference speed, models side by side.
+
+In one process on one GPU, for each model and precision: the median time of
+a full training step (forward, losses, backward, AdamW step, grad clip) after
+warm-up, its peak GPU memory, and inference images/s. Inputs are generated
+(random images and boxes), so nothing is downloaded. Ratios are to the first
+model (by default mmdet 3.3's own two-stage Deformable DETR with box
+refinement). Compare figures of one run only: GPU clocks drift between runs.
+
+Example (one GPU)::
+
+    python tools/analysis/benchmark.py --models mmdet-ddetr k0 k2 \
+        --precisions fp32 amp --out work_dirs/benchmark.json
+"""
+import argparse
+import json
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+from mmengine.config import Config
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from _plugin import REPO_ROOT, import_plugin  # noqa: E402
+
+MMDET_DDETR = 'deformable_detr/' \
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
+MODELS = {
+    'mmdet-ddetr': MMDET_DDETR,
+    'k0': 'configs/co_deformable_detr_r50_1x_coco_k0.py',
+    'k1-atss': 'configs/co_deformable_detr_r50_1x_coco_atss.py',
+    'k1-rcnn': 'configs/co_deformable_detr_r50_1x_coco_rcnn.py',
+    'k2': 'configs/co_deformable_detr_r50_1x_coco.py',
+    'k3': 'configs/co_deformable_detr_r50_1x_coco_k3_fcos.py',
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--models', nargs='+', default=['mmdet-ddetr', 'k0',
+                                                        'k2'],
+                        help=f'names of {sorted(MODELS)} or config paths')
+    parser.add_argument('--precisions', nargs='+', default=['fp32', 'amp'],
+                        choices=['fp32', 'amp'])
+    parser.add_argument('--train-size', type=int, nargs=2,
+                        default=[800, 1216], metavar=('H', 'W'))
+    parser.add_argument('--infer-size', type=int, nargs=2,
+                        default=[800, 1333], metavar=('H', 'W'))
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--boxes', type=int, default=10,
+                        help='random ground-truth boxes per image')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--iters', type=int, default=20)
+    parser.add_argument('--infer-iters', type=int, default=30)
+    parser.add_argument('--num-cp', type=int, default=None,
+                        help='checkpoint this many encoder layers (ours)')
+    parser.add_argument('--profile', default=None,
+                        help='model name: print a torch.profiler table of '
+                        'its fp32 training step')
+    parser.add_argument('--device', default='cuda',
+                        help="'cpu' runs a smoke test (no memory figures)")
+    parser.add_argument('--out', default=None, help='write results as JSON')
+    return parser.parse_args()
+
+
+def config_path(name: str) -> str:
+    if name in MODELS and MODELS[name] == MMDET_DDETR:
+        import mmdet
+        return osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
+                        MMDET_DDETR)
+    return osp.join(REPO_ROOT, MODELS.get(name, name))
+
+
+def sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def build(name: str, num_cp, device: str):
+    from mmdet.registry import MODELS as REGISTRY
+    cfg = Config.fromfile(config_path(name))
+    cfg.model.backbone.init_cfg = None  # offline: no pretrained download
+    if num_cp is not None and cfg.model.type == 'CoDETR':
+        cfg.model.query_head.transformer.encoder.num_cp = num_cp
+    torch.manual_seed(0)
+    model = REGISTRY.build(cfg.model).to(device)
+    model.init_weights()
+    return model
+
+
+def fake_batch(model, batch_size, size, num_boxes, training, seed=0):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    num_classes = getattr(model, 'num_classes', None) or \
+        model.bbox_head.num_classes
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen,
+                                    dtype=torch.uint8))
+        xy = torch.rand(num_boxes, 2, generator=gen) * torch.tensor(
+            [w, h]) * 0.7
+        wh = (torch.rand(num_boxes, 2, generator=gen) * 0.25 + 0.03) * \
+            torch.tensor([w, h])
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, num_classes, (num_boxes, ),
+                                 generator=gen))
+        samples.append(sample)
+    data = model.data_preprocessor(
+        dict(inputs=inputs, data_samples=samples), training=training)
+    return data['inputs'], data['data_samples']
+
+
+def autocast(device: str, enabled: bool):
+    dtype = torch.float16 if device.startswith('cuda') else torch.bfloat16
+    return torch.autocast(device.split(':')[0], dtype=dtype, enabled=enabled)
+
+
+def time_train(model, args, amp: bool) -> dict:
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    device = args.device
+    scaler = torch.amp.GradScaler(
+        'cuda', enabled=amp and device.startswith('cuda'))
+    inputs, samples = fake_batch(model, args.batch_size, args.train_size,
+                                 args.boxes, True)
+    times = []
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(args.warmup + args.iters):
+        sync(device)
+        start = time.perf_counter()
+        with autocast(device, amp):
+            losses = model.loss(inputs, samples)
+            loss, _ = model.parse_losses(losses)
+        optim.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optim)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        scaler.step(optim)
+        scaler.update()
+        sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'non-finite loss at step {step}')
+    return dict(
+        step_ms=1000 * statistics.median(times),
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30
+        if device.startswith('cuda') else 0.0,
+        loss=loss.item())
+
+
+@torch.no_grad()
+def time_infer(model, args, fp16: bool) -> dict:
+    model.eval()
+    inputs, samples = fake_batch(model, 1, args.infer_size, args.boxes,
+                                 False)
+    times = []
+    for step in range(args.warmup + args.infer_iters):
+        sync(args.device)
+        start = time.perf_counter()
+        with autocast(args.device, fp16):
+            model.predict(inputs, samples)
+        sync(args.device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return dict(img_per_s=1 / statistics.median(times))
+
+
+def profile(model, args) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    model.train()
+    inputs, samples = fake_batch(model, args.batch_size, args.train_size,
+                                 args.boxes, True)
+    for _ in range(3):
+        model.parse_losses(model.loss(inputs, samples))[0].backward()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU,
+                                   ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            model.parse_losses(model.loss(inputs, samples))[0].backward()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    print(table.table(sort_by='cpu_time_total', row_limit=30))
+    print(table.table(sort_by='cuda_time_total', row_limit=20))
+    syncs = sum(e.count for e in table
+                if e.key in ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
+                             'cudaMemcpyAsync'))
+    items = sum(e.count for e in table if e.key == 'aten::_local_scalar_dense')
+    print(f'per step: {items / 3:.0f} scalar reads (.item()/bool), '
+          f'{syncs / 3:.0f} sync/memcpy calls')
+
+
+def print_table(rows: list, base_model: str) -> None:
+    """Markdown table; ratios are to ``base_model`` in fp32."""
+    base = next((r for r in rows if r['model'] == base_model
+                 and r['precision'] == 'fp32' and 'error' not in r), None)
+    print(f'\n| model | precision | params (M) | train step (ms) | '
+          f'x {base_model} fp32 | peak mem (GiB) | x | infer (img/s) | x |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        if 'error' in r:
+            print(f"| {r['model']} | {r['precision']} | failed: "
+                  f"{r['error']} | | | | | | |")
+            continue
+        def x(key: str) -> str:
+            return f'{r[key] / base[key]:.2f}' if base and base[key] else '-'
+
+        print(f"| {r['model']} | {r['precision']} | {r['params_m']:.1f} | "
+              f"{r['step_ms']:.0f} | {x('step_ms')} | {r['peak_gib']:.2f} | "
+              f"{x('peak_gib')} | {r['img_per_s']:.1f} | {x('img_per_s')} |")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        sys.exit('no CUDA device: pass --device cpu for a smoke test')
+    import_plugin()
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    device_name = torch.cuda.get_device_name() if args.device.startswith(
+        'cuda') else 'cpu'
+    print(f'{device_name}, torch {torch.__version__}, '
+          f'train bs{args.batch_size} {args.train_size}, infer bs1 '
+          f'{args.infer_size}, median of {args.iters} steps')
+    rows = []
+    for name in args.models:
+        model = build(name, args.num_cp, args.device)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        for precision in args.precisions:
+            amp = precision == 'amp'
+            row = dict(model=name, precision=precision, params_m=params)
+            try:
+                row.update(time_train(model, args, amp))
+                row.update(time_infer(model, args, amp))
+            except Exception as exc:  # report and go on with the others
+                row['error'] = f'{type(exc).__name__}: {exc}'[:200]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if args.profile == name:
+            profile(model, args)
+        del model
+        if args.device.startswith('cuda'):
+            torch.cuda.empty_cache()
+
+    print_table(rows, args.models[0])
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
