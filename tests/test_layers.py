@@ -57,8 +57,8 @@ def test_msda_samples_in_fp32_under_autocast(monkeypatch):
 
 def test_losses_finite_under_autocast():
     """bf16 autocast on CPU stands in for the GPU fp16 run: matching and
-    losses run in fp32 and stay finite. (The RPN is left out: mmcv's CPU NMS
-    has no bf16 kernel; on GPU it runs in fp16.)"""
+    losses run in fp32 and stay finite. (The RoI head is left out: mmcv's
+    CPU RoIAlign has no bf16 kernel; on GPU it runs in fp16.)"""
     cfg = tiny_model_cfg()
     cfg.rpn_head, cfg.roi_head = None, None
     model = build_model(cfg).train()
@@ -70,6 +70,21 @@ def test_losses_finite_under_autocast():
     assert losses['loss_cls'].dtype == torch.float32
     assert losses['loss_cls_aux0'].dtype == torch.float32
     total.backward()
+
+
+def test_rpn_proposals_come_from_fp32_scores():
+    """Under autocast the proposals are decoded from fp32 scores (mmcv's
+    batched_nms fails on fp16 scores; its CPU NMS has no bf16 kernel)."""
+    model = build_model(tiny_model_cfg()).train()
+    inputs, samples = make_batch(model)
+    pyramid = tuple(
+        torch.randn(2, 256, (128 + s - 1) // s, (128 + s - 1) // s)
+        for s in (8, 16, 32, 64, 128))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses, proposals = model.rpn_loss_and_proposals(pyramid, samples)
+    assert set(losses) == {'loss_rpn_cls', 'loss_rpn_bbox'}
+    assert all(p.scores.dtype == torch.float32 for p in proposals)
+    assert all(len(p.bboxes) > 0 for p in proposals)
 
 
 def test_matching_survives_non_finite_predictions():

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmdet.models.detectors import BaseDetector
+from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
@@ -182,12 +183,8 @@ class CoDETR(BaseDetector):
         """
         losses, pos_coords = dict(), []
         if self.roi_head:
-            rpn_samples = copy.deepcopy(batch_data_samples)
-            for sample in rpn_samples:  # the RPN is class-agnostic
-                sample.gt_instances.labels = torch.zeros_like(
-                    sample.gt_instances.labels)
-            rpn_losses, proposals = self.rpn_head.loss_and_predict(
-                pyramid, rpn_samples, proposal_cfg=self.rpn_proposal_cfg)
+            rpn_losses, proposals = self.rpn_loss_and_proposals(
+                pyramid, batch_data_samples)
             losses.update(rpn_losses)
             for i, roi_head in enumerate(self.roi_head):
                 head_losses, coords = roi_head.loss_and_pos_coords(
@@ -202,6 +199,35 @@ class CoDETR(BaseDetector):
         if not self.with_pos_coord:
             pos_coords = []
         return losses, pos_coords
+
+    def rpn_loss_and_proposals(self, pyramid: Tuple[Tensor, ...],
+                               batch_data_samples: SampleList) -> tuple:
+        """Class-agnostic RPN losses and the training proposals.
+
+        mmdet's ``loss_and_predict``, except that proposals are decoded from
+        fp32 scores: under fp16 autocast, mmcv's ``batched_nms`` (taken for
+        more than 10000 boxes, i.e. ``nms_pre=4000`` over 5 levels) writes
+        fp32 NMS scores into an fp16 buffer and raises.
+
+        Returns:
+            tuple[dict, list[InstanceData]]: ``loss_rpn_cls``,
+            ``loss_rpn_bbox``; proposals per image (``bboxes`` absolute
+            (x1, y1, x2, y2), ``scores``).
+        """
+        rpn_samples = copy.deepcopy(batch_data_samples)
+        for sample in rpn_samples:  # the RPN is class-agnostic
+            sample.gt_instances.labels = torch.zeros_like(
+                sample.gt_instances.labels)
+        gt_instances, gt_ignore, img_metas = unpack_gt_instances(rpn_samples)
+        cls_scores, bbox_preds = self.rpn_head(pyramid)
+        losses = self.rpn_head.loss_by_feat(cls_scores, bbox_preds,
+                                            gt_instances, img_metas,
+                                            gt_ignore)
+        proposals = self.rpn_head.predict_by_feat(
+            [s.float() for s in cls_scores], [b.float() for b in bbox_preds],
+            batch_img_metas=img_metas,
+            cfg=self.rpn_proposal_cfg)
+        return losses, proposals
 
     def predict(self,
                 batch_inputs: Tensor,
