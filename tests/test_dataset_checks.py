@@ -19,6 +19,7 @@ from projects.codetr.datasets.robust_loading import (ImageLoadError,
                                                      use_robust_image_loading)
 
 CLASSES = ('circle', 'square', 'triangle')
+SHAPES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring')
 
 
 def write_coco(root, split='train', images=None, annotations=(),
@@ -81,13 +82,16 @@ def make_cfg(root, classes=CLASSES, num_classes=None, val=False):
 
 
 def test_missing_dataset_folder_names_path_and_fix(tmp_path):
-    cfg = make_cfg(tmp_path / 'nowhere')
+    cfg = make_cfg(tmp_path / 'nowhere', val=True)
     with pytest.raises(DataCheckError) as err:
-        check_config_datasets(cfg, ['train_dataloader'], log=lambda s: None)
+        check_config_datasets(cfg, log=lambda s: None)
     msg = str(err.value)
-    assert str(tmp_path / 'nowhere') in msg
-    assert 'train_dataloader.dataset.data_root' in msg
-    assert 'tools/generate_shapes_dataset.py' in msg
+    assert msg.count('Dataset folder not found') == 1  # one per folder
+    assert (f'{tmp_path}/nowhere (data_root of train_dataloader.dataset, '
+            'val_dataloader.dataset;') in msg
+    assert f'generate_shapes_dataset.py --out {tmp_path}/nowhere' in msg
+    assert ('--cfg-options train_dataloader.dataset.data_root=/path/to/data/'
+            ' val_dataloader.dataset.data_root=/path/to/data/') in msg
 
 
 def test_missing_annotation_file_names_path(tmp_path):
@@ -360,3 +364,40 @@ def test_shapes_configs_fit_the_generated_data(name, tmp_path):
         cfg[key].ann_file = f'{tmp_path}/annotations/instances_val.json'
     reports = check_config_datasets(cfg, log=lambda s: None)
     assert len(reports) == 2 and cfg.model.num_classes == len(SHAPES_CLASSES)
+
+
+def test_crowd_box_changes_no_co_detr_loss(tmp_path):
+    """A crowd box reaches the model as an ignored instance and is never a
+    target: every loss equals that of the image without it."""
+    import torch
+    from codetr_testing import build_model
+    from mmdet.registry import DATASETS
+    from mmengine.registry import init_default_scope
+
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(
+        osp.join(osp.dirname(__file__), 'configs', 'tiny_co_detr_shapes.py'))
+    cfg.train_dataloader.dataset.data_root = f'{tmp_path}/'
+    model = build_model(cfg.model).train()
+    crowd = (0, 2, [50, 20, 40, 40], dict(iscrowd=1))
+    losses, ignored = [], []
+    for anns in ([(0, 1, [10, 10, 30, 30], {}), crowd],
+                 [(0, 1, [10, 10, 30, 30], {})]):
+        write_coco(tmp_path, images=[('a.jpg', 120, 90)], annotations=anns,
+                   categories=list(enumerate(SHAPES, 1)))
+        np.random.seed(0)  # the same flip / resize / crop draws
+        sample = DATASETS.build(cfg.train_dataloader.dataset)[0]
+        torch.manual_seed(0)  # the same RPN / RoI sampling
+        batch = model.data_preprocessor(
+            dict(inputs=[sample['inputs']],
+                 data_samples=[sample['data_samples']]), True)
+        losses.append(model.loss(batch['inputs'], batch['data_samples']))
+        ignored.append(len(batch['data_samples'][0].ignored_instances))
+    assert ignored == [1, 0]
+    with_crowd, without = losses
+    assert with_crowd.keys() == without.keys()
+    for key, value in with_crowd.items():
+        value = torch.stack(value) if isinstance(value, list) else value
+        other = without[key]
+        other = torch.stack(other) if isinstance(other, list) else other
+        assert torch.allclose(value, other), key

@@ -14,7 +14,13 @@ overlap the later one wins.
 Example::
 
     python tools/analysis/plot_curves.py work_dirs/co_deformable_detr_r50 \
-        --keys loss loss_cls loss_bbox loss_iou --smooth 20 --out curves.png
+        --keys loss loss_cls 'loss_*_aux0' 'loss_rpn_*' --smooth 20
+
+Co-DETR's keys: ``loss_cls/bbox/iou`` (last decoder layer), ``d<i>.*``
+(earlier layers), ``enc_loss_*`` (two-stage proposals), ``loss_rpn_*``,
+``loss_<name><k>`` (auxiliary head k: RoI heads first, then dense heads, so
+0 = Faster R-CNN and 1 = ATSS in the R50 config) and ``*_aux<k>`` (the query
+head on the positive queries of auxiliary head k).
 """
 import argparse
 import fnmatch
@@ -106,14 +112,20 @@ def smooth(values: Sequence[float], window: int) -> List[float]:
 
 
 def plot(train: Series, val: Series, loss_keys: Sequence[str],
-         metric_keys: Sequence[str], window: int, out: str,
-         title: str) -> None:
-    """Draw losses (left) and metrics (right) and save the PNG."""
+         metric_keys: Sequence[str], window: int, out: str, title: str,
+         log_y: bool = True) -> None:
+    """Draw losses (left) and metrics (right) and save the PNG.
+
+    A logarithmic loss axis keeps the components readable next to the
+    total, which for Co-DETR is ~30x larger (auxiliary losses weigh x12).
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(13, 4.5))
+    if len(loss_keys) > 10:  # beyond the default cycle colours repeat
+        ax_loss.set_prop_cycle(color=plt.get_cmap('tab20').colors)
     for key in loss_keys:
         steps = sorted(train[key])
         values = [train[key][s] for s in steps]
@@ -122,6 +134,8 @@ def plot(train: Series, val: Series, loss_keys: Sequence[str],
         if window > 1:  # raw values faintly behind the smoothed curve
             ax_loss.plot(steps, values, color=line.get_color(), alpha=0.2,
                          linewidth=0.5)
+    if log_y:
+        ax_loss.set_yscale('log')
     ax_loss.set_xlabel('iteration')
     ax_loss.set_ylabel('loss' + (f' (moving average of {window})'
                                  if window > 1 else ''))
@@ -161,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='validation keys to draw (default: %(default)s)')
     parser.add_argument('--smooth', type=int, default=10,
                         help='moving-average window in logged points')
+    parser.add_argument('--linear', action='store_true',
+                        help='linear loss axis (default: logarithmic)')
     parser.add_argument('--out', default=None,
                         help='PNG path (default: <path>/curves.png)')
     return parser.parse_args(argv)
@@ -183,7 +199,7 @@ def main(argv=None) -> str:
         args.path if osp.isdir(args.path) else osp.dirname(args.path),
         'curves.png')
     plot(train, val, loss_keys, metric_keys, max(1, args.smooth), out,
-         title=osp.abspath(args.path))
+         title=osp.abspath(args.path), log_y=not args.linear)
     print(f'{out}: {len(loss_keys)} loss curves, {len(metric_keys)} metric '
           f'curves from {len(files)} log file(s)')
     return out

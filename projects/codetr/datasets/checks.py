@@ -14,7 +14,8 @@ remote storage are skipped.
 import json
 import os.path as osp
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 from .annotation_report import AnnotationReport, inspect_coco_annotations
 
@@ -26,8 +27,13 @@ _CHILD_KEYS = ('dataset', 'datasets')
 _GENERATE_HINT = (
     'To train on the synthetic shapes data, generate it with '
     '`python tools/generate_shapes_dataset.py --out {root} --num-train 2000 '
-    '--num-val 200`; for your own COCO-style data, point the dataset to it, '
-    'e.g. `--cfg-options {key}.data_root=/path/to/data/`.')
+    '--num-val 200`; for your own COCO-style data, point the config to it, '
+    'e.g. `--cfg-options {options}`.')
+
+
+def _hint(root: str, keys: Sequence[str]) -> str:
+    options = ' '.join(f'{k}.data_root=/path/to/data/' for k in keys)
+    return _GENERATE_HINT.format(root=root or 'data/shapes/', options=options)
 
 
 class DataCheckError(ValueError):
@@ -218,13 +224,23 @@ def _load_json(path: str, entry: DatasetEntry) -> Tuple[Optional[dict], str]:
                       f'{entry.key}: {type(e).__name__}: {e}')
 
 
+def _missing_root_errors(entries: Sequence[DatasetEntry]) -> List[str]:
+    """One error per missing ``data_root``, naming every dataset using it."""
+    missing: Dict[str, List[str]] = {}
+    for entry in entries:
+        root = entry.data_root
+        if root and not osp.isdir(root):
+            missing.setdefault(root, []).append(entry.key)
+    return [f'Dataset folder not found: {root} (data_root of '
+            f'{", ".join(keys)}; relative paths start at '
+            f'{osp.abspath(".")}). {_hint(root, keys)}'
+            for root, keys in missing.items()]
+
+
 def _check_paths(entry: DatasetEntry) -> List[str]:
-    """Errors for a missing dataset folder, annotation file or image dir."""
+    """Errors for a missing annotation file or image folder."""
     root = entry.data_root
-    hint = _GENERATE_HINT.format(root=root or 'data/shapes', key=entry.key)
-    if root and not osp.isdir(root):
-        return [f'Dataset folder not found: {root} ({entry.key}.data_root, '
-                f'resolved from {osp.abspath(".")}). {hint}']
+    hint = _hint(root, [entry.key])
     errors = []
     if not entry.ann_file or not osp.isfile(entry.ann_file):
         errors.append(f'Annotation file not found: {entry.ann_file} '
@@ -303,6 +319,21 @@ def check_dataset(cfg, entry: DatasetEntry, train: bool,
     return errors, report
 
 
+def _log_report(report: AnnotationReport, loader: str,
+                log: Callable[[str], None],
+                warn: Callable[[str], None]) -> None:
+    """Summary line, dropped boxes and label map of one annotation file."""
+    log(report.summary())
+    for reason in sorted(report.dropped):
+        warn(f'{report.ann_file}: CocoDataset drops '
+             f'{report.describe(reason)}')
+    note = report.label_map_note()
+    if note:
+        log(note)
+    if report.num_boxes == 0 and loader == 'train_dataloader':
+        warn(f'{report.ann_file} gives no training boxes at all.')
+
+
 def check_config_datasets(cfg, dataloaders: Sequence[str] = DATALOADERS,
                           log: Callable[[str], None] = print,
                           warn: Optional[Callable[[str], None]] = None
@@ -324,33 +355,31 @@ def check_config_datasets(cfg, dataloaders: Sequence[str] = DATALOADERS,
             setting involved and the fix.
     """
     warn = warn or log
-    errors, reports, seen = [], [], set()
+    entries = []
     for loader in dataloaders:
         for entry in iter_datasets(cfg, loader):
-            if not entry.is_local:
+            if entry.is_local:
+                entries.append((loader, entry))
+            else:
                 log(f'{entry.key}: remote storage, dataset checks skipped')
-                continue
-            marker = (entry.ann_file, entry.img_dir, entry.classes)
-            if marker in seen:  # val and test often share one dataset
-                continue
-            seen.add(marker)
-            found, report = check_dataset(
-                cfg, entry, train=loader == 'train_dataloader', warn=warn)
-            errors += found
-            if report is not None and not found:
-                reports.append(report)
-                log(report.summary())
-                for reason in sorted(report.dropped):
-                    warn(f'{entry.ann_file}: CocoDataset drops '
-                         f'{report.describe(reason)}')
-                note = report.label_map_note()
-                if note:
-                    log(note)
-                if report.num_boxes == 0 and loader == 'train_dataloader':
-                    warn(f'{entry.ann_file} gives no training boxes at all.')
-        evaluator = _EVALUATORS.get(loader)
-        if evaluator:
-            errors += _check_evaluator_files(cfg, evaluator)
+    errors = _missing_root_errors([entry for _, entry in entries])
+    reports, seen = [], set()
+    for loader, entry in entries:
+        marker = (entry.ann_file, entry.img_dir, entry.classes)
+        # Val and test often share one dataset; a missing root is reported.
+        if marker in seen or (entry.data_root
+                              and not osp.isdir(entry.data_root)):
+            continue
+        seen.add(marker)
+        found, report = check_dataset(
+            cfg, entry, train=loader == 'train_dataloader', warn=warn)
+        errors += found
+        if report is not None and not found:
+            reports.append(report)
+            _log_report(report, loader, log, warn)
+    for loader in dataloaders:
+        if loader in _EVALUATORS:
+            errors += _check_evaluator_files(cfg, _EVALUATORS[loader])
     if errors:
         raise DataCheckError('\n'.join(f'- {e}' for e in errors))
     return reports
