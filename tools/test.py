@@ -29,11 +29,11 @@ examples:
     python tools/test.py CONFIG CKPT --show-dir vis --score-thr 0.3
   COCO test-dev: write results/test_dev.bbox.json for the evaluation server
   (no ground truth, so no evaluation):
+    ANN=annotations/image_info_test-dev2017.json
     python tools/test.py CONFIG CKPT --json-prefix results/test_dev \\
-      --format-only --cfg-options \\
-      test_dataloader.dataset.ann_file=annotations/image_info_test-dev2017.json\\
+      --format-only --cfg-options test_dataloader.dataset.ann_file=$ANN \\
       test_dataloader.dataset.data_prefix.img=test2017/ \\
-      test_evaluator.ann_file=data/coco/annotations/image_info_test-dev2017.json
+      test_evaluator.ann_file=data/coco/$ANN
   (--json-prefix without --format-only writes the JSON and evaluates too)
 """
 
