@@ -7,6 +7,7 @@ epochs with 2 processes (gloo), once without interruption and once killed
 (SIGKILL) in the second epoch and resumed, and checks that both end in the
 same state: weights, optimizer, schedulers, counters and random states.
 """
+import logging
 import os
 import os.path as osp
 import pickle
@@ -16,12 +17,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from projects.codetr.engine.rng_state_hook import get_rng_state, set_rng_state
+from projects.codetr.engine.rng_state_hook import (RNGStateHook, get_rng_state,
+                                                   set_rng_state)
 from projects.codetr.engine.run_config import (RunConfigError,
                                                find_resume_checkpoint,
                                                set_resume)
@@ -262,3 +265,29 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
     set_rng_state(torch.load(tmp_path / 's.pth', weights_only=True))
     assert (random.random(), np.random.rand(),
             torch.rand(1).item()) == expected
+
+
+def test_rng_restored_after_batches_replayed_by_iteration_loop():
+    """IterBasedTrainLoop replays the trained batches on resume; the saved
+    random state must apply to the first new batch, not before the replay."""
+    torch.manual_seed(5)
+    saved = get_rng_state()
+    expected = torch.rand(1)
+    draws = []
+
+    def batches():  # loading draws numbers, as a main-process pipeline does
+        while True:
+            draws.append(torch.rand(1))
+            yield len(draws)
+
+    loop = SimpleNamespace(iter=2, dataloader_iterator=batches())
+    runner = SimpleNamespace(train_loop=loop, _resume=True,
+                             logger=logging.getLogger(__name__))
+    hook = RNGStateHook()
+    hook.after_load_checkpoint(
+        runner, {'rng_state': dict(world_size=1, states=[saved])})
+    torch.manual_seed(0)
+    hook.before_train_epoch(runner)
+    assert [next(loop.dataloader_iterator) for _ in range(3)] == [1, 2, 3]
+    assert not torch.equal(draws[1], expected)
+    assert torch.equal(draws[2], expected)

@@ -9,9 +9,11 @@ have. :class:`RNGStateHook` adds the Python, numpy, torch (and CUDA) states of
 every rank to each checkpoint, and puts them back when training resumes.
 
 The states are gathered from all ranks (each rank draws its own numbers)
-just before ``CheckpointHook`` saves, and restored at the start of the first
-training epoch after ``--resume``, which is when an uninterrupted run would
-continue from them. Fine-tuning from ``load_from`` restores nothing.
+just before ``CheckpointHook`` saves, and restored where an uninterrupted run
+would continue from them: at the start of the first training epoch after
+``--resume``, or, with ``IterBasedTrainLoop``, before the first batch after
+the batches it replays to skip the data already trained on. Fine-tuning from
+``load_from`` restores nothing.
 
 Validation runs after the checkpoint is written and draws numbers too (the
 dataloader seeds its workers from torch's generator). The hook therefore
@@ -20,7 +22,7 @@ draws the same numbers whether or not, and how often, it validates, and a
 resumed run continues exactly where the uninterrupted one would.
 """
 import random
-from typing import List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -53,6 +55,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
+
+
+class _RestoreBeforeBatch:
+    """Iterator wrapper that calls ``restore`` before batch ``skip`` (the
+    first one after ``skip`` replayed batches)."""
+
+    def __init__(self, iterator: Iterator, skip: int,
+                 restore: Callable[[], None]) -> None:
+        self._iterator = iterator
+        self._skip = skip
+        self._restore: Optional[Callable[[], None]] = restore
+
+    def __iter__(self) -> '_RestoreBeforeBatch':
+        return self
+
+    def __next__(self):
+        if self._skip == 0 and self._restore is not None:
+            self._restore()
+            self._restore = None
+        self._skip -= 1
+        return next(self._iterator)
+
+    def __getattr__(self, name: str):
+        return getattr(self._iterator, name)
 
 
 @HOOKS.register_module()
@@ -123,9 +149,23 @@ class RNGStateHook(Hook):
                 f' processes but this run has {get_world_size()}; the '
                 'random streams start from the seed instead.')
             return
-        set_rng_state(saved['states'][get_rank()])
-        runner.logger.info('Restored the random number generator states '
-                           'saved with the checkpoint.')
+        state = saved['states'][get_rank()]
+
+        def restore() -> None:
+            set_rng_state(state)
+            runner.logger.info('Restored the random number generator '
+                               'states saved with the checkpoint.')
+
+        loop = runner.train_loop
+        skip = loop.iter if hasattr(loop, 'dataloader_iterator') else 0
+        if skip > 0:
+            # IterBasedTrainLoop first replays the `skip` batches already
+            # trained on, drawing augmentations in the main process when
+            # num_workers=0: restore after them, before the next batch.
+            loop.dataloader_iterator = _RestoreBeforeBatch(
+                loop.dataloader_iterator, skip, restore)
+        else:
+            restore()
 
     # Validation inside training --------------------------------------------
     def before_val_epoch(self, runner) -> None:
