@@ -18,12 +18,12 @@ model = dict(
         init_cfg=None),
     neck=dict(in_channels=[128, 256, 512]))
 
-max_iters = 3000
+max_iters = 1000
 train_cfg = dict(
     _delete_=True,
     type='IterBasedTrainLoop',
     max_iters=max_iters,
-    val_interval=1000)
+    val_interval=500)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=200),
@@ -37,6 +37,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=500, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -59,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--profile', default=None,
                         help='model name: print a torch.profiler table of '
                         'its fp32 training step')
+    parser.add_argument('--stages', action='store_true',
+                        help='also time the stages of a CoDETR training '
+                        'step (synchronising around each: slower overall)')
     parser.add_argument('--device', default='cuda',
                         help="'cpu' runs a smoke test (no memory figures)")
     parser.add_argument('--out', default=None, help='write results as JSON')
@@ -174,6 +177,51 @@ def time_infer(model, args, fp16: bool) -> dict:
     return dict(img_per_s=1 / statistics.median(times))
 
 
+def stage_times(model, args, amp: bool) -> dict:
+    """Mean synchronised time (ms) of each stage of a CoDETR step."""
+    from collections import defaultdict
+    totals = defaultdict(float)
+    targets = [(model, 'extract_feat'),
+               (model.query_head, 'forward_transformer'),
+               (model.query_head, 'loss'), (model.query_head, 'loss_aux')]
+    if getattr(model, 'rpn_head', None) is not None:
+        targets.append((model, 'rpn_loss_and_proposals'))
+    for i, head in enumerate(list(model.roi_head) + list(model.bbox_head)):
+        targets.append((head, 'loss_and_pos_coords'))
+
+    def timed(obj, name, label):
+        fn = getattr(obj, name)
+
+        def wrapper(*a, **kw):
+            sync(args.device)
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            sync(args.device)
+            totals[label] += time.perf_counter() - start
+            return out
+        setattr(obj, name, wrapper)  # instance attribute shadows the method
+
+    for obj, name in targets:
+        timed(obj, name, f'{type(obj).__name__}.{name}')
+    model.train()
+    inputs, samples = fake_batch(model, args.batch_size, args.train_size,
+                                 args.boxes, True)
+    steps = 5
+    for step in range(steps + 2):
+        if step == 2:
+            totals.clear()
+        with autocast(args.device, amp):
+            loss, _ = model.parse_losses(model.loss(inputs, samples))
+        sync(args.device)
+        start = time.perf_counter()
+        loss.backward()
+        sync(args.device)
+        totals['backward'] += time.perf_counter() - start
+    for obj, name in targets:
+        del obj.__dict__[name]
+    return {k: 1000 * v / steps for k, v in totals.items()}
+
+
 def profile(model, args) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -245,6 +293,11 @@ def main() -> None:
                 row['error'] = f'{type(exc).__name__}: {exc}'[:200]
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.stages and model.__class__.__name__ == 'CoDETR':
+            for precision in args.precisions:
+                stages = stage_times(model, args, precision == 'amp')
+                print(f'stages of {name} ({precision}), ms: ' + ', '.join(
+                    f'{k} {v:.1f}' for k, v in stages.items()), flush=True)
         if args.profile == name:
             profile(model, args)
         del model
