@@ -9,19 +9,20 @@
 # MAX_TRAIN_SECONDS=N stops both trainings after N s (the evaluation then uses
 # the last checkpoint written).
 set -euo pipefail
+PY=${PYTHON:-python}
 cd "$(dirname "$0")/../.."
 WORK=${1:-work_dirs/convergence}
 shift || true
 CFG=configs/shapes/co_deformable_detr_r18_scratch_shapes
 mkdir -p "$WORK"
 
-python tools/generate_shapes_dataset.py --out data/shapes \
+"$PY" tools/generate_shapes_dataset.py --out data/shapes \
     --num-train 2000 --num-val 200 --seed 0
 
 for k in k2 k0; do
     cfg=$CFG.py; [ $k = k0 ] && cfg=${CFG}_k0.py
     timeout -s INT "${MAX_TRAIN_SECONDS:-0}" \
-        python tools/train.py "$cfg" --work-dir "$WORK/$k" "$@" \
+        "$PY" tools/train.py "$cfg" --work-dir "$WORK/$k" "$@" \
         > "$WORK/$k.train.log" 2>&1 &
 done
 wait || true
@@ -30,9 +31,9 @@ for k in k2 k0; do
     cfg=$CFG.py; [ $k = k0 ] && cfg=${CFG}_k0.py
     ckpt=$(ls -t "$WORK/$k"/iter_*.pth | head -n 1)
     echo "== $k: tools/test.py $cfg $ckpt"
-    python tools/test.py "$cfg" "$ckpt" --work-dir "$WORK/$k/test" \
+    "$PY" tools/test.py "$cfg" "$ckpt" --work-dir "$WORK/$k/test" \
         2>&1 | tee "$WORK/$k.test.log" | grep -E "Average|bbox_mAP_copypaste"
 done
-python tools/analysis/compare_runs.py "$WORK/k2" "$WORK/k0" \
+"$PY" tools/analysis/compare_runs.py "$WORK/k2" "$WORK/k0" \
     --labels 'K=2 (Faster R-CNN + ATSS)' 'K=0 (no auxiliary head)' \
     --out "$WORK/convergence.png"
