@@ -34,7 +34,7 @@ import time
 import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from multiprocessing import Pool
+import multiprocessing
 from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
@@ -402,7 +402,11 @@ def generate_split(out_dir: str,
     jobs = [(cfg, split, i, i in empty, img_dir) for i in range(num_images)]
     records = []
     # One OpenCV thread per process: the processes already use every core.
-    with Pool(workers, cv2.setNumThreads, (1, )) if workers > 1 else \
+    # 'spawn', not 'fork': forking a process whose other threads (OpenCV's,
+    # torch's) hold locks can deadlock the children, e.g. inside pytest or
+    # a training script that imported torch first.
+    spawn = multiprocessing.get_context('spawn')
+    with spawn.Pool(workers, cv2.setNumThreads, (1, )) if workers > 1 else \
             nullcontext() as pool:
         results = map(_write_image, jobs) if pool is None else pool.imap(
             _write_image, jobs, chunksize=8)

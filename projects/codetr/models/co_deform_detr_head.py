@@ -12,7 +12,8 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from .positive_coords import PositiveCoords, build_aux_targets
+from .positive_coords import (AuxQueryTargets, PositiveCoords,
+                              build_aux_targets)
 
 
 @MODELS.register_module()
@@ -204,16 +205,23 @@ class CoDeformDETRHead(DeformableDETRHead):
             torch.nan_to_num(bbox_pred.detach(), 0.5, 1.0, 0.0),
             gt_instances, img_meta)
 
-    def loss_aux(self, enc: Dict, pos_coords: PositiveCoords, head_idx: int,
+    def loss_aux(self, enc: Dict, pos_coords: Sequence[PositiveCoords],
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """One-to-many losses of the customised positive queries of head k.
+        """One-to-many losses of the customised positive queries (spec 3.4).
+
+        The query sets of all auxiliary heads are decoded in one decoder
+        pass: concatenated along the query axis, with a block-diagonal
+        self-attention mask so that no set sees another. Deformable
+        cross-attention and the FFNs act per query, so this computes what
+        one pass per set computes, with one value projection of the memory
+        and one set of kernel launches instead of K.
 
         Args:
             enc (dict): Output of :meth:`encode` (or
                 :meth:`forward_transformer`).
-            pos_coords (PositiveCoords): Positives of auxiliary head k.
-            head_idx (int): k, which selects the query projections and
-                suffixes the loss keys.
+            pos_coords (Sequence[PositiveCoords]): Positives of auxiliary
+                heads 0..K-1; k selects the query projections and suffixes
+                the loss keys.
             batch_data_samples (list[DetDataSample]): For ``img_shape``.
 
         Returns:
@@ -221,13 +229,15 @@ class CoDeformDETRHead(DeformableDETRHead):
             decoder layer and ``d{i}.loss_{cls,bbox,iou}_aux{k}`` for the
             others (spec 2.6).
         """
+        if not pos_coords:
+            return dict()
         batch_img_metas = [s.metainfo for s in batch_data_samples]
-        targets = build_aux_targets(pos_coords, batch_img_metas,
-                                    self.num_classes, self.max_pos_coords)
+        targets = [
+            build_aux_targets(coords, batch_img_metas, self.num_classes,
+                              self.max_pos_coords) for coords in pos_coords
+        ]
         hidden_states, references = self.transformer.forward_aux(
-            targets.coords,
-            targets.feats,
-            head_idx,
+            [t.coords for t in targets], [t.feats for t in targets],
             enc['memory'],
             enc['memory_mask'],
             enc['spatial_shapes'],
@@ -236,62 +246,86 @@ class CoDeformDETRHead(DeformableDETRHead):
             reg_branches=self.reg_branches)
         all_cls_scores, all_bbox_preds = self(hidden_states, references)
         return self.loss_aux_by_feat(all_cls_scores, all_bbox_preds, targets,
-                                     batch_img_metas, head_idx)
+                                     batch_img_metas)
 
     def loss_aux_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
-                         targets, batch_img_metas: List[dict],
-                         head_idx: int) -> Dict[str, Tensor]:
-        """Losses of every decoder layer against fixed one-to-many targets.
+                         targets: Sequence[AuxQueryTargets],
+                         batch_img_metas: List[dict]) -> Dict[str, Tensor]:
+        """Losses of every decoder layer and query set, fixed targets.
+
+        Each configured loss is evaluated once, element-wise, over all
+        layers and sets; the per-(layer, set) sums are then divided by the
+        set's average factor, which is what one ``loss(..., avg_factor)``
+        call per layer and set returns.
 
         Args:
-            all_cls_scores (Tensor): (num_layers, bs, N, num_classes) logits.
-            all_bbox_preds (Tensor): (num_layers, bs, N, 4) normalised
+            all_cls_scores (Tensor): (num_layers, bs, sum N_k, num_classes)
+                logits, the sets concatenated along the query axis.
+            all_bbox_preds (Tensor): (num_layers, bs, sum N_k, 4) normalised
                 (cx, cy, w, h).
-            targets (AuxQueryTargets): Targets from ``build_aux_targets``.
+            targets (Sequence[AuxQueryTargets]): Targets of each set.
             batch_img_metas (list[dict]): For ``img_shape``.
-            head_idx (int): Loss-key suffix.
 
         Returns:
-            dict[str, Tensor]: 3 losses per decoder layer.
+            dict[str, Tensor]: 3 losses per decoder layer and set.
         """
-        all_cls_scores = all_cls_scores.float()  # fp32 losses under autocast
-        all_bbox_preds = all_bbox_preds.float()
-        num_classes = all_cls_scores.size(-1)
-        labels = targets.labels.reshape(-1)
-        label_weights = targets.label_weights.reshape(-1)
-        bbox_targets = targets.bbox_targets.reshape(-1, 4)
-        bbox_weights = targets.bbox_weights.reshape(-1, 4)
-        # Positives reduced over GPUs, at least 1; the same factor serves the
-        # classification (background weight 0) and box losses.
-        num_pos = bbox_weights[:, 0].sum()
-        if self.sync_cls_avg_factor:
-            num_pos = reduce_mean(num_pos)
-        avg_factor = num_pos.clamp(min=1).item()
+        num_layers, bs, num_queries, num_classes = all_cls_scores.shape
+        sizes = [t.labels.size(1) for t in targets]
+
+        def cat(name: str) -> Tensor:  # (bs, sum N_k, ...) over the sets
+            return torch.cat([getattr(t, name) for t in targets], dim=1)
+
+        def per_layer(t: Tensor) -> Tensor:  # repeat targets for each layer
+            return t.unsqueeze(0).expand(num_layers, *t.shape).reshape(
+                -1, *t.shape[2:])
+
+        labels, label_weights = cat('labels'), cat('label_weights')
+        bbox_targets, bbox_weights = cat('bbox_targets'), cat('bbox_weights')
         img_hw = all_bbox_preds.new_tensor(
             [meta['img_shape'][:2] for meta in batch_img_metas])
-        n = all_bbox_preds.size(2)
-        factors = img_hw[:, [1, 0, 1, 0]].repeat_interleave(n, dim=0)
-        gt_xyxy = bbox_cxcywh_to_xyxy(bbox_targets) * factors
+        factors = img_hw[:, None, [1, 0, 1, 0]].expand(-1, num_queries, -1)
+        # fp32 under autocast; element-wise losses, summed per layer and set
+        cls_scores = all_cls_scores.float().reshape(-1, num_classes)
+        bbox_preds = all_bbox_preds.float().reshape(-1, 4)
+        loss_cls = self.loss_cls(
+            cls_scores,
+            per_layer(labels).reshape(-1),
+            per_layer(label_weights).reshape(-1),
+            reduction_override='none')
+        loss_bbox = self.loss_bbox(
+            bbox_preds,
+            per_layer(bbox_targets).reshape(-1, 4),
+            per_layer(bbox_weights).reshape(-1, 4),
+            reduction_override='none')
+        loss_iou = self.loss_iou(
+            bbox_cxcywh_to_xyxy(bbox_preds) * per_layer(factors).reshape(
+                -1, 4),
+            bbox_cxcywh_to_xyxy(per_layer(bbox_targets * factors).reshape(
+                -1, 4)),
+            per_layer(bbox_weights).reshape(-1, 4),
+            reduction_override='none')
+        # mmdet's L1/GIoU return a scalar 0 when no weight is positive
+        loss_bbox, loss_iou = (
+            loss.expand(bbox_preds.size(0)) if loss.dim() == 0 else loss
+            for loss in (loss_bbox, loss_iou))
 
+        eps = torch.finfo(torch.float32).eps  # as mmdet's weight_reduce_loss
         losses = dict()
-        num_layers = all_cls_scores.size(0)
-        for layer in range(num_layers):
-            cls_scores = all_cls_scores[layer].reshape(-1, num_classes)
-            bbox_preds = all_bbox_preds[layer].reshape(-1, 4)
-            loss_cls = self.loss_cls(
-                cls_scores, labels, label_weights, avg_factor=avg_factor)
-            loss_bbox = self.loss_bbox(
-                bbox_preds, bbox_targets, bbox_weights, avg_factor=avg_factor)
-            loss_iou = self.loss_iou(
-                bbox_cxcywh_to_xyxy(bbox_preds) * factors,
-                gt_xyxy,
-                bbox_weights,
-                avg_factor=avg_factor)
-            prefix = '' if layer == num_layers - 1 else f'd{layer}.'
-            for name, value in (('cls', loss_cls), ('bbox', loss_bbox),
-                                ('iou', loss_iou)):
-                key = f'{prefix}loss_{name}_aux{head_idx}'
-                losses[key] = value * self.lambda_1
+        for name, loss in (('cls', loss_cls), ('bbox', loss_bbox),
+                           ('iou', loss_iou)):
+            loss = loss.reshape(num_layers, bs, num_queries, -1).sum(
+                dim=(1, 3))  # (num_layers, sum N_k)
+            for k, (part, target) in enumerate(
+                    zip(loss.split(sizes, dim=1), targets)):
+                # positives reduced over GPUs, at least 1, kept on device
+                num_pos = target.bbox_weights[..., 0].sum()
+                if self.sync_cls_avg_factor:
+                    num_pos = reduce_mean(num_pos)
+                values = part.sum(1) / (num_pos.clamp(min=1) + eps)
+                values = values * self.lambda_1
+                for layer in range(num_layers):
+                    prefix = '' if layer == num_layers - 1 else f'd{layer}.'
+                    losses[f'{prefix}loss_{name}_aux{k}'] = values[layer]
         return losses
 
     def predict_by_outputs(self, outs: Dict, batch_data_samples: SampleList,

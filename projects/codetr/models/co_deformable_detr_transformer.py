@@ -13,7 +13,7 @@ mmdet's stage functions where Co-DETR does not change them. What changes:
   (``co_deformable_detr_layers``);
 - ``forward_aux``: decoding of customised positive queries (spec 3.4).
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmcv.ops import MultiScaleDeformableAttention
@@ -169,7 +169,9 @@ class CoDeformableDetrTransformer(BaseModule):
             enc_outputs_coord_unact, 1,
             topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
         pos_trans_out = self.pos_trans_norm(
-            self.pos_trans_fc(self.get_proposal_pos_embed(topk_coords_unact)))
+            self.pos_trans_fc(
+                self.get_proposal_pos_embed(
+                    topk_coords_unact, num_pos_feats=c // 2)))
         query_pos, query = torch.split(pos_trans_out, c, dim=2)
         if self.mixed_selection:
             query = query_embed.unsqueeze(0).expand(memory.size(0), -1, -1)
@@ -209,37 +211,63 @@ class CoDeformableDetrTransformer(BaseModule):
             **kwargs)
         return hidden_states, [reference_points, *inter_refs]
 
-    def forward_aux(self, aux_coords: Tensor, aux_feats: Tensor,
-                    head_idx: int, memory: Tensor,
+    def forward_aux(self, aux_coords: Sequence[Tensor],
+                    aux_feats: Sequence[Tensor], memory: Tensor,
                     memory_mask: Optional[Tensor], spatial_shapes: Tensor,
                     level_start_index: Tensor, valid_ratios: Tensor,
-                    reg_branches: nn.ModuleList) -> Tuple[Tensor, list]:
-        """Decode the customised positive queries of auxiliary head k.
+                    reg_branches: nn.ModuleList,
+                    head_ids: Optional[Sequence[int]] = None
+                    ) -> Tuple[Tensor, list]:
+        """Decode the customised positive queries of every auxiliary head.
 
-        The memory is the encoder output already computed for the main
-        queries (re-flattening the pyramid gives the same tensor); the 300
-        main queries are not part of this pass (spec 3.4).
+        Set k's queries come from its boxes and features through head k's
+        projections (spec 3.4). All sets are decoded in one pass,
+        concatenated along the query axis; a block-diagonal self-attention
+        mask keeps them apart, so each set is decoded as if alone. The
+        memory is the encoder output already computed for the main queries
+        (re-flattening the pyramid gives the same tensor), and the main
+        queries are not part of this pass.
 
         Args:
-            aux_coords (Tensor): Normalised (cx, cy, w, h) boxes, (bs, N, 4).
-            aux_feats (Tensor): Their features, (bs, N, dim).
-            head_idx (int): Index k of the auxiliary head.
+            aux_coords (Sequence[Tensor]): Per set k, normalised
+                (cx, cy, w, h) boxes, (bs, N_k, 4).
+            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim).
             memory ... valid_ratios: As in :meth:`forward_decoder`.
             reg_branches (nn.ModuleList): Per-layer regression branches.
+            head_ids (Sequence[int], optional): The auxiliary head of each
+                set (selects its projections); defaults to 0, 1, ...
 
         Returns:
-            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`.
+            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
+            sum(N_k) queries in the order of the sets.
         """
         c = memory.size(-1)
-        pos_embed = self.get_proposal_pos_embed(inverse_sigmoid(aux_coords))
-        pos_trans_out = self.aux_pos_trans_norm[head_idx](
-            self.aux_pos_trans[head_idx](pos_embed))
-        query_pos, query = torch.split(pos_trans_out, c, dim=2)
-        query = query + self.pos_feats_norm[head_idx](
-            self.pos_feats_trans[head_idx](aux_feats))
-        # (1,) or (dim,): broadcast over queries either way (spec 4.4).
-        query_pos = query_pos + self.head_pos_embed.weight[head_idx]
-        return self.forward_decoder(query, query_pos, aux_coords, memory,
-                                    memory_mask, spatial_shapes,
-                                    level_start_index, valid_ratios,
-                                    reg_branches)
+        queries, query_pos = [], []
+        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
+        for k, coords, feats in zip(head_ids, aux_coords, aux_feats):
+            pos_trans_out = self.aux_pos_trans_norm[k](self.aux_pos_trans[k](
+                self.get_proposal_pos_embed(
+                    inverse_sigmoid(coords), num_pos_feats=c // 2)))
+            pos, query = torch.split(pos_trans_out, c, dim=2)
+            queries.append(query + self.pos_feats_norm[k](
+                self.pos_feats_trans[k](feats)))
+            # (1,) or (dim,): broadcast over queries either way (spec 4.4).
+            query_pos.append(pos + self.head_pos_embed.weight[k])
+        attn_mask = None
+        if len(aux_coords) > 1:
+            set_ids = torch.cat([
+                torch.full((coords.size(1), ), k, device=memory.device)
+                for k, coords in enumerate(aux_coords)
+            ])
+            attn_mask = set_ids[:, None] != set_ids[None, :]  # True: masked
+        return self.forward_decoder(
+            torch.cat(queries, dim=1),
+            torch.cat(query_pos, dim=1),
+            torch.cat(list(aux_coords), dim=1),
+            memory,
+            memory_mask,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            reg_branches,
+            self_attn_mask=attn_mask)

@@ -165,9 +165,8 @@ class CoDETR(BaseDetector):
         aux_losses, pos_coords = self.aux_heads_loss(pyramid,
                                                      batch_data_samples)
         losses.update(aux_losses)
-        for k, coords in enumerate(pos_coords):
-            losses.update(
-                self.query_head.loss_aux(outs, coords, k, batch_data_samples))
+        losses.update(
+            self.query_head.loss_aux(outs, pos_coords, batch_data_samples))
         return losses
 
     def aux_heads_loss(self, pyramid: Tuple[Tensor, ...],

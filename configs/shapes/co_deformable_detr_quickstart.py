@@ -1,0 +1,69 @@
+# Quickstart: the whole Co-Deformable-DETR (query head, Faster R-CNN and ATSS
+# auxiliary heads, customised positive queries) shrunk to train on two CPU
+# cores in about ten minutes on small generated images. `make quickstart`
+# generates the data, trains this config and evaluates it with tools/test.py;
+# with a GPU it trains 4x longer (QUICKSTART_ITERS).
+#
+# Shrunk relative to co_deformable_detr_r18_scratch_shapes.py: 3 encoder and
+# 3 decoder layers, 100 queries, FFN 512, images of 160-256 px. Structure,
+# losses, assigners and loss weights are those of the R50 config.
+_base_ = './co_deformable_detr_r18_scratch_shapes.py'
+
+data_root = 'data/shapes_quick/'
+model = dict(
+    query_head=dict(
+        num_query=100,
+        transformer=dict(
+            encoder=dict(
+                num_layers=3,
+                layer_cfg=dict(ffn_cfg=dict(feedforward_channels=512))),
+            decoder=dict(
+                num_layers=3,
+                layer_cfg=dict(ffn_cfg=dict(feedforward_channels=512))))))
+
+_scales = [(160, 320), (192, 320), (224, 320), (256, 320)]
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(320, 224), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    dataset=dict(
+        data_root=data_root,
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    num_workers=2,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+
+max_iters = 600
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=100),
+    dict(
+        type='MultiStepLR',
+        by_epoch=False,
+        begin=0,
+        end=max_iters,
+        milestones=[int(max_iters * 0.8)],
+        gamma=0.1)
+]
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=1))
