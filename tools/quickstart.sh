@@ -4,7 +4,7 @@
 # configs/shapes/co_deformable_detr_quickstart.py and evaluate its last
 # checkpoint with tools/test.py, which prints the COCO mAP table.
 # About 15 minutes on 2 CPU cores; with a GPU it trains 4x longer.
-#   QUICKSTART_ITERS=N   training iterations (default 600 on CPU, 2400 on GPU)
+#   QUICKSTART_ITERS=N   training iterations (default 400 on CPU, 2400 on GPU)
 #   QUICKSTART_DIR=DIR   work dir (default work_dirs/quickstart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ WORK=${QUICKSTART_DIR:-work_dirs/quickstart}
 if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     ITERS=${QUICKSTART_ITERS:-2400}; DEVICE=GPU
 else
-    ITERS=${QUICKSTART_ITERS:-600}; DEVICE=CPU
+    ITERS=${QUICKSTART_ITERS:-400}; DEVICE=CPU
 fi
 echo "== quickstart: 1/3 generate data/shapes_quick"
 "$PY" tools/generate_shapes_dataset.py --out data/shapes_quick \

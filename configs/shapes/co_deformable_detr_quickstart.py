@@ -4,13 +4,22 @@
 # generates the data, trains this config and evaluates it with tools/test.py;
 # with a GPU it trains 4x longer (QUICKSTART_ITERS).
 #
-# Shrunk relative to co_deformable_detr_r18_scratch_shapes.py: 3 encoder and
-# 3 decoder layers, 100 queries, FFN 512, images of 160-256 px. Structure,
-# losses, assigners and loss weights are those of the R50 config.
+# Shrunk relative to co_deformable_detr_r18_scratch_shapes.py, for the CPU:
+# a half-width ResNet-18, 3 encoder and 3 decoder layers, 100 queries, FFN
+# 512, 300 RPN proposals and 128 sampled RoIs per image (mmcv's CPU RoIAlign
+# dominates the step otherwise), a 256-d RoI head, images of 160-256 px.
+# Structure, losses, assigners and loss weights are those of the R50 config.
 _base_ = './co_deformable_detr_r18_scratch_shapes.py'
 
 data_root = 'data/shapes_quick/'
 model = dict(
+    backbone=dict(base_channels=32),
+    neck=dict(in_channels=[64, 128, 256]),
+    rpn_head=dict(proposal_cfg=dict(nms_pre=1000, max_per_img=300)),
+    roi_head=dict(
+        rcnn=dict(
+            bbox_head=dict(fc_out_channels=256),
+            train_cfg=dict(sampler=dict(num=128)))),
     query_head=dict(
         num_query=100,
         transformer=dict(
@@ -39,7 +48,7 @@ test_pipeline = [
                    'scale_factor'))
 ]
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=2,
     num_workers=2,
     dataset=dict(
         data_root=data_root,
@@ -51,7 +60,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_iters = 600
+max_iters = 400
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,

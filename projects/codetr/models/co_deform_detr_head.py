@@ -7,8 +7,7 @@ from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
-from mmdet.utils import ConfigType, reduce_mean
-from mmengine.config import ConfigDict
+from mmdet.utils import ConfigType, OptConfigType, reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
@@ -30,7 +29,9 @@ class CoDeformDETRHead(DeformableDETRHead):
 
     Args:
         transformer (dict): Config of ``CoDeformableDetrTransformer``.
-        positional_encoding (dict): Config of the sine positional encoding.
+        positional_encoding (dict, optional): Config of the sine positional
+            encoding; defaults to ``num_feats=128, normalize=True,
+            offset=-0.5`` (spec 1.2).
         num_query (int): Number of queries. Defaults to 300.
         max_pos_coords (int): Upper bound of customised positive queries per
             image and auxiliary head. Defaults to 300.
@@ -48,8 +49,7 @@ class CoDeformDETRHead(DeformableDETRHead):
     def __init__(self,
                  *args,
                  transformer: ConfigType,
-                 positional_encoding: ConfigType = ConfigDict(
-                     num_feats=128, normalize=True, offset=-0.5),
+                 positional_encoding: OptConfigType = None,
                  num_query: int = 300,
                  max_pos_coords: int = 300,
                  lambda_1: float = 1.0,
@@ -66,6 +66,9 @@ class CoDeformDETRHead(DeformableDETRHead):
         self.max_pos_coords = max_pos_coords
         self.lambda_1 = lambda_1
         self.with_aux_pyramid = with_aux_pyramid
+        if positional_encoding is None:
+            positional_encoding = dict(
+                num_feats=128, normalize=True, offset=-0.5)
         self._transformer_cfg = dict(
             transformer,
             positional_encoding=positional_encoding,
