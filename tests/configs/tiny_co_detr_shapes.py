@@ -31,6 +31,9 @@ model = dict(
         transformer=dict(
             encoder=dict(
                 num_layers=1,
+                # gradient checkpointing, so that the 2-process (DDP) runs
+                # of test_tools.py exercise it too
+                num_cp=1,
                 layer_cfg=dict(ffn_cfg=dict(feedforward_channels=64))),
             decoder=dict(
                 num_layers=2,
