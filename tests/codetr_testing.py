@@ -8,7 +8,8 @@ from mmengine.config import Config, ConfigDict
 from mmengine.structures import InstanceData
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-R50_CONFIG = osp.join(REPO_ROOT, 'configs', 'co_deformable_detr_r50_1x_coco.py')
+R50_CONFIG = osp.join(REPO_ROOT, 'configs',
+                      'co_deformable_detr_r50_1x_coco.py')
 
 
 def load_config(path: str = R50_CONFIG) -> Config:
@@ -60,9 +61,10 @@ def tiny_model_cfg(path: str = R50_CONFIG,
 
 def build_model(model_cfg: ConfigDict, seed: int = 0) -> torch.nn.Module:
     """Register the plugin, build and initialise the model (eval mode)."""
-    import projects.codetr  # noqa: F401  (registers the modules)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
+    import projects.codetr  # noqa: F401  (registers the modules)
     register_all_modules()
     torch.manual_seed(seed)
     model = MODELS.build(model_cfg)
@@ -71,8 +73,8 @@ def build_model(model_cfg: ConfigDict, seed: int = 0) -> torch.nn.Module:
 
 
 def make_batch(model: torch.nn.Module,
-               image_sizes: Sequence[Tuple[int, int]] = ((96, 128),
-                                                        (128, 112)),
+               image_sizes: Sequence[Tuple[int,
+                                           int]] = ((96, 128), (128, 112)),
                num_boxes: Sequence[int] = (3, 2),
                num_classes: int = 3,
                seed: int = 0,
@@ -92,8 +94,8 @@ def make_batch(model: torch.nn.Module,
     gen = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
     for i, (h, w) in enumerate(image_sizes):
-        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen,
-                                    dtype=torch.uint8))
+        inputs.append(
+            torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
         if boxes is not None:
             bboxes = torch.as_tensor(boxes[i], dtype=torch.float32)
         else:
@@ -110,8 +112,8 @@ def make_batch(model: torch.nn.Module,
                 scale_factor=(1.0, 1.0)))
         sample.gt_instances = InstanceData(
             bboxes=bboxes,
-            labels=torch.randint(0, num_classes, (len(bboxes), ),
-                                 generator=gen))
+            labels=torch.randint(
+                0, num_classes, (len(bboxes), ), generator=gen))
         samples.append(sample)
     data = model.data_preprocessor(
         dict(inputs=inputs, data_samples=samples), training=training)

@@ -39,31 +39,56 @@ MODELS = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--models', nargs='+', default=['mmdet-ddetr', 'k0',
-                                                        'k2'],
-                        help=f'names of {sorted(MODELS)} or config paths')
-    parser.add_argument('--precisions', nargs='+', default=['fp32', 'amp'],
-                        choices=['fp32', 'amp'])
-    parser.add_argument('--train-size', type=int, nargs=2,
-                        default=[800, 1216], metavar=('H', 'W'))
-    parser.add_argument('--infer-size', type=int, nargs=2,
-                        default=[800, 1333], metavar=('H', 'W'))
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=['mmdet-ddetr', 'k0', 'k2'],
+        help=f'names of {sorted(MODELS)} or config paths')
+    parser.add_argument(
+        '--precisions',
+        nargs='+',
+        default=['fp32', 'amp'],
+        choices=['fp32', 'amp'])
+    parser.add_argument(
+        '--train-size',
+        type=int,
+        nargs=2,
+        default=[800, 1216],
+        metavar=('H', 'W'))
+    parser.add_argument(
+        '--infer-size',
+        type=int,
+        nargs=2,
+        default=[800, 1333],
+        metavar=('H', 'W'))
     parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--boxes', type=int, default=10,
-                        help='random ground-truth boxes per image')
+    parser.add_argument(
+        '--boxes',
+        type=int,
+        default=10,
+        help='random ground-truth boxes per image')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20)
     parser.add_argument('--infer-iters', type=int, default=30)
-    parser.add_argument('--num-cp', type=int, default=None,
-                        help='checkpoint this many encoder layers (ours)')
-    parser.add_argument('--profile', default=None,
-                        help='model name: print a torch.profiler table of '
-                        'its fp32 training step')
-    parser.add_argument('--stages', action='store_true',
-                        help='also time the stages of a CoDETR training '
-                        'step (synchronising around each: slower overall)')
-    parser.add_argument('--device', default='cuda',
-                        help="'cpu' runs a smoke test (no memory figures)")
+    parser.add_argument(
+        '--num-cp',
+        type=int,
+        default=None,
+        help='checkpoint this many encoder layers (ours)')
+    parser.add_argument(
+        '--profile',
+        default=None,
+        help='model name: print a torch.profiler table of '
+        'its fp32 training step')
+    parser.add_argument(
+        '--stages',
+        action='store_true',
+        help='also time the stages of a CoDETR training '
+        'step (synchronising around each: slower overall)')
+    parser.add_argument(
+        '--device',
+        default='cuda',
+        help="'cpu' runs a smoke test (no memory figures)")
     parser.add_argument('--out', default=None, help='write results as JSON')
     return parser.parse_args()
 
@@ -71,8 +96,8 @@ def parse_args() -> argparse.Namespace:
 def config_path(name: str) -> str:
     if name in MODELS and MODELS[name] == MMDET_DDETR:
         import mmdet
-        return osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
-                        MMDET_DDETR)
+        return osp.join(
+            osp.dirname(mmdet.__file__), '.mim', 'configs', MMDET_DDETR)
     return osp.join(REPO_ROOT, MODELS.get(name, name))
 
 
@@ -102,18 +127,18 @@ def fake_batch(model, batch_size, size, num_boxes, training, seed=0):
         model.bbox_head.num_classes
     inputs, samples = [], []
     for _ in range(batch_size):
-        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen,
-                                    dtype=torch.uint8))
-        xy = torch.rand(num_boxes, 2, generator=gen) * torch.tensor(
-            [w, h]) * 0.7
+        inputs.append(
+            torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        xy = torch.rand(
+            num_boxes, 2, generator=gen) * torch.tensor([w, h]) * 0.7
         wh = (torch.rand(num_boxes, 2, generator=gen) * 0.25 + 0.03) * \
             torch.tensor([w, h])
-        sample = DetDataSample(metainfo=dict(
-            img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
         sample.gt_instances = InstanceData(
             bboxes=torch.cat([xy, xy + wh], 1),
-            labels=torch.randint(0, num_classes, (num_boxes, ),
-                                 generator=gen))
+            labels=torch.randint(0, num_classes, (num_boxes, ), generator=gen))
         samples.append(sample)
     data = model.data_preprocessor(
         dict(inputs=inputs, data_samples=samples), training=training)
@@ -155,16 +180,15 @@ def time_train(model, args, amp: bool) -> dict:
             raise FloatingPointError(f'non-finite loss at step {step}')
     return dict(
         step_ms=1000 * statistics.median(times),
-        peak_gib=torch.cuda.max_memory_allocated() / 2**30
-        if device.startswith('cuda') else 0.0,
+        peak_gib=torch.cuda.max_memory_allocated() /
+        2**30 if device.startswith('cuda') else 0.0,
         loss=loss.item())
 
 
 @torch.no_grad()
 def time_infer(model, args, fp16: bool) -> dict:
     model.eval()
-    inputs, samples = fake_batch(model, 1, args.infer_size, args.boxes,
-                                 False)
+    inputs, samples = fake_batch(model, 1, args.infer_size, args.boxes, False)
     times = []
     for step in range(args.warmup + args.infer_iters):
         sync(args.device)
@@ -199,6 +223,7 @@ def stage_times(model, args, amp: bool) -> dict:
             sync(args.device)
             totals[label] += time.perf_counter() - start
             return out
+
         setattr(obj, name, wrapper)  # instance attribute shadows the method
 
     for obj, name in targets:
@@ -231,17 +256,18 @@ def profile(model, args) -> None:
     for _ in range(3):
         model.parse_losses(model.loss(inputs, samples))[0].backward()
     torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU,
-                                   ProfilerActivity.CUDA]) as prof:
+    with torch_profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             model.parse_losses(model.loss(inputs, samples))[0].backward()
         torch.cuda.synchronize()
     table = prof.key_averages()
     print(table.table(sort_by='cpu_time_total', row_limit=30))
     print(table.table(sort_by='cuda_time_total', row_limit=20))
-    syncs = sum(e.count for e in table
-                if e.key in ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
-                             'cudaMemcpyAsync'))
+    syncs = sum(
+        e.count for e in table
+        if e.key in ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
+                     'cudaMemcpyAsync'))
     items = sum(e.count for e in table if e.key == 'aten::_local_scalar_dense')
     print(f'per step: {items / 3:.0f} scalar reads (.item()/bool), '
           f'{syncs / 3:.0f} sync/memcpy calls')
@@ -259,6 +285,7 @@ def print_table(rows: list, base_model: str) -> None:
             print(f"| {r['model']} | {r['precision']} | failed: "
                   f"{r['error']} | | | | | | |")
             continue
+
         def x(key: str) -> str:
             return f'{r[key] / base[key]:.2f}' if base and base[key] else '-'
 
@@ -296,8 +323,10 @@ def main() -> None:
         if args.stages and model.__class__.__name__ == 'CoDETR':
             for precision in args.precisions:
                 stages = stage_times(model, args, precision == 'amp')
-                print(f'stages of {name} ({precision}), ms: ' + ', '.join(
-                    f'{k} {v:.1f}' for k, v in stages.items()), flush=True)
+                print(
+                    f'stages of {name} ({precision}), ms: ' +
+                    ', '.join(f'{k} {v:.1f}' for k, v in stages.items()),
+                    flush=True)
         if args.profile == name:
             profile(model, args)
         del model

@@ -27,6 +27,7 @@ import colorsys
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import os.path as osp
 import re
@@ -34,7 +35,6 @@ import time
 import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-import multiprocessing
 from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2

@@ -10,9 +10,9 @@
 """
 from .co_atss_head import CoATSSHead
 from .co_deform_detr_head import CoDeformDETRHead
-from .co_deformable_detr_layers import (
-    CoDeformableDetrTransformerDecoder, CoDeformableDetrTransformerEncoder,
-    CoMultiScaleDeformableAttention)
+from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
+                                        CoDeformableDetrTransformerEncoder,
+                                        CoMultiScaleDeformableAttention)
 from .co_deformable_detr_transformer import CoDeformableDetrTransformer
 from .co_detr import CoDETR
 from .co_fcos_head import CoFCOSHead
@@ -23,6 +23,5 @@ __all__ = [
     'CoDETR', 'CoDeformDETRHead', 'CoDeformableDetrTransformer',
     'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerEncoder',
     'CoMultiScaleDeformableAttention', 'CoATSSHead', 'CoStandardRoIHead',
-    'CoFCOSHead',
-    'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets'
+    'CoFCOSHead', 'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets'
 ]

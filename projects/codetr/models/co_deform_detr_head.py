@@ -11,8 +11,7 @@ from mmdet.utils import ConfigType, OptConfigType, reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from .positive_coords import (AuxQueryTargets, PositiveCoords,
-                              build_aux_targets)
+from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 
 
 @MODELS.register_module()
@@ -205,8 +204,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         """
         return super()._get_targets_single(
             torch.nan_to_num(cls_score.detach(), 0.0, 0.0, 0.0),
-            torch.nan_to_num(bbox_pred.detach(), 0.5, 1.0, 0.0),
-            gt_instances, img_meta)
+            torch.nan_to_num(bbox_pred.detach(), 0.5, 1.0, 0.0), gt_instances,
+            img_meta)
 
     def loss_aux(self, enc: Dict, pos_coords: Sequence[PositiveCoords],
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
@@ -279,8 +278,8 @@ class CoDeformDETRHead(DeformableDETRHead):
             return torch.cat([getattr(t, name) for t in targets], dim=1)
 
         def per_layer(t: Tensor) -> Tensor:  # repeat targets for each layer
-            return t.unsqueeze(0).expand(num_layers, *t.shape).reshape(
-                -1, *t.shape[2:])
+            return t.unsqueeze(0).expand(num_layers,
+                                         *t.shape).reshape(-1, *t.shape[2:])
 
         labels, label_weights = cat('labels'), cat('label_weights')
         bbox_targets, bbox_weights = cat('bbox_targets'), cat('bbox_weights')
@@ -301,10 +300,10 @@ class CoDeformDETRHead(DeformableDETRHead):
             per_layer(bbox_weights).reshape(-1, 4),
             reduction_override='none')
         loss_iou = self.loss_iou(
-            bbox_cxcywh_to_xyxy(bbox_preds) * per_layer(factors).reshape(
-                -1, 4),
-            bbox_cxcywh_to_xyxy(per_layer(bbox_targets * factors).reshape(
-                -1, 4)),
+            bbox_cxcywh_to_xyxy(bbox_preds) *
+            per_layer(factors).reshape(-1, 4),
+            bbox_cxcywh_to_xyxy(
+                per_layer(bbox_targets * factors).reshape(-1, 4)),
             per_layer(bbox_weights).reshape(-1, 4),
             reduction_override='none')
         # mmdet's L1/GIoU return a scalar 0 when no weight is positive
@@ -314,10 +313,10 @@ class CoDeformDETRHead(DeformableDETRHead):
 
         eps = torch.finfo(torch.float32).eps  # as mmdet's weight_reduce_loss
         losses = dict()
-        for name, loss in (('cls', loss_cls), ('bbox', loss_bbox),
-                           ('iou', loss_iou)):
-            loss = loss.reshape(num_layers, bs, num_queries, -1).sum(
-                dim=(1, 3))  # (num_layers, sum N_k)
+        for name, loss in (('cls', loss_cls), ('bbox', loss_bbox), ('iou',
+                                                                    loss_iou)):
+            loss = loss.reshape(num_layers, bs, num_queries,
+                                -1).sum(dim=(1, 3))  # (num_layers, sum N_k)
             for k, (part, target) in enumerate(
                     zip(loss.split(sizes, dim=1), targets)):
                 # positives reduced over GPUs, at least 1, kept on device
@@ -331,7 +330,9 @@ class CoDeformDETRHead(DeformableDETRHead):
                     losses[f'{prefix}loss_{name}_aux{k}'] = values[layer]
         return losses
 
-    def predict_by_outputs(self, outs: Dict, batch_data_samples: SampleList,
+    def predict_by_outputs(self,
+                           outs: Dict,
+                           batch_data_samples: SampleList,
                            rescale: bool = True) -> list:
         """Top-100 over the last layer's (query, class) scores, no NMS.
 

@@ -175,8 +175,7 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
                 reference_points=reference_points,
                 **kwargs)
             if i < self.num_cp and self.training and torch.is_grad_enabled():
-                query = checkpoint(layer, query, use_reentrant=False,
-                                   **inputs)
+                query = checkpoint(layer, query, use_reentrant=False, **inputs)
             else:
                 query = layer(query, **inputs)
         return query
@@ -196,7 +195,9 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
             Defaults to True.
     """
 
-    def __init__(self, *args, look_forward_twice: bool = True,
+    def __init__(self,
+                 *args,
+                 look_forward_twice: bool = True,
                  **kwargs) -> None:
         self.look_forward_twice = look_forward_twice
         super().__init__(*args, **kwargs)

@@ -163,11 +163,11 @@ class CoDeformableDetrTransformer(BaseModule):
             output_memory) + output_proposals
         # Binary (foreground) selection on class channel 0: the encoder loss
         # trains channel 0 with every ground truth relabelled as class 0.
-        topk = torch.topk(enc_outputs_class[..., 0], self.num_queries,
-                          dim=1)[1]
-        topk_coords_unact = torch.gather(
-            enc_outputs_coord_unact, 1,
-            topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
+        topk = torch.topk(
+            enc_outputs_class[..., 0], self.num_queries, dim=1)[1]
+        topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1,
+                                         topk.unsqueeze(-1).expand(
+                                             -1, -1, 4)).detach()
         pos_trans_out = self.pos_trans_norm(
             self.pos_trans_fc(
                 self.get_proposal_pos_embed(
@@ -211,13 +211,17 @@ class CoDeformableDetrTransformer(BaseModule):
             **kwargs)
         return hidden_states, [reference_points, *inter_refs]
 
-    def forward_aux(self, aux_coords: Sequence[Tensor],
-                    aux_feats: Sequence[Tensor], memory: Tensor,
-                    memory_mask: Optional[Tensor], spatial_shapes: Tensor,
-                    level_start_index: Tensor, valid_ratios: Tensor,
-                    reg_branches: nn.ModuleList,
-                    head_ids: Optional[Sequence[int]] = None
-                    ) -> Tuple[Tensor, list]:
+    def forward_aux(
+            self,
+            aux_coords: Sequence[Tensor],
+            aux_feats: Sequence[Tensor],
+            memory: Tensor,
+            memory_mask: Optional[Tensor],
+            spatial_shapes: Tensor,
+            level_start_index: Tensor,
+            valid_ratios: Tensor,
+            reg_branches: nn.ModuleList,
+            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
         """Decode the customised positive queries of every auxiliary head.
 
         Set k's queries come from its boxes and features through head k's
@@ -245,12 +249,12 @@ class CoDeformableDetrTransformer(BaseModule):
         queries, query_pos = [], []
         head_ids = range(len(aux_coords)) if head_ids is None else head_ids
         for k, coords, feats in zip(head_ids, aux_coords, aux_feats):
-            pos_trans_out = self.aux_pos_trans_norm[k](self.aux_pos_trans[k](
-                self.get_proposal_pos_embed(
+            pos_trans_out = self.aux_pos_trans_norm[k](
+                self.aux_pos_trans[k](self.get_proposal_pos_embed(
                     inverse_sigmoid(coords), num_pos_feats=c // 2)))
             pos, query = torch.split(pos_trans_out, c, dim=2)
-            queries.append(query + self.pos_feats_norm[k](
-                self.pos_feats_trans[k](feats)))
+            queries.append(query + self.pos_feats_norm[k]
+                           (self.pos_feats_trans[k](feats)))
             # (1,) or (dim,): broadcast over queries either way (spec 4.4).
             query_pos.append(pos + self.head_pos_embed.weight[k])
         attn_mask = None

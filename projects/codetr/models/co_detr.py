@@ -220,8 +220,7 @@ class CoDETR(BaseDetector):
         gt_instances, gt_ignore, img_metas = unpack_gt_instances(rpn_samples)
         cls_scores, bbox_preds = self.rpn_head(pyramid)
         losses = self.rpn_head.loss_by_feat(cls_scores, bbox_preds,
-                                            gt_instances, img_metas,
-                                            gt_ignore)
+                                            gt_instances, img_metas, gt_ignore)
         proposals = self.rpn_head.predict_by_feat(
             [s.float() for s in cls_scores], [b.float() for b in bbox_preds],
             batch_img_metas=img_metas,
@@ -258,7 +257,8 @@ class CoDETR(BaseDetector):
                     pyramid, proposals, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results)
 
-    def _forward(self, batch_inputs: Tensor,
+    def _forward(self,
+                 batch_inputs: Tensor,
                  batch_data_samples: SampleList = None) -> Tuple[Tensor, ...]:
         """Raw query-head outputs (tensor mode).
 

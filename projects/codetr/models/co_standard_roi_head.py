@@ -94,18 +94,20 @@ class CoStandardRoIHead(StandardRoIHead):
         return loss_and_target['loss_bbox'], pos_coords
 
     def _pos_coords(self, sampling_results: List, labels: Tensor,
-                    bbox_targets: Tensor, bbox_feats: Tensor) -> PositiveCoords:
+                    bbox_targets: Tensor,
+                    bbox_feats: Tensor) -> PositiveCoords:
         """Stack the first P sampled RoIs of every image (spec 3.1)."""
         counts = [len(res.priors) for res in sampling_results]
         num = min(self.max_pos_coords, *counts)
         feats = bbox_feats.mean(dim=(2, 3))  # (num_rois, dim), not detached
+
         # With reg_decoded_bbox, targets are (num_rois, 4) absolute boxes.
         def per_image(t: Tensor) -> Tensor:
             return torch.stack([part[:num] for part in t.split(counts)])
 
         return PositiveCoords(
-            coords=torch.stack([res.priors[:num] for res in sampling_results
-                                ]).detach(),
+            coords=torch.stack([res.priors[:num]
+                                for res in sampling_results]).detach(),
             labels=per_image(labels),
             targets=per_image(bbox_targets),
             feats=per_image(feats),

@@ -104,8 +104,7 @@ def distribute_released_cfgs(train_cfg: Any, test_cfg: Any, query_head: dict,
 
 
 def resolve_num_classes(num_classes: Optional[int], query_head: dict,
-                        roi_heads: List[dict],
-                        bbox_heads: List[dict]) -> int:
+                        roi_heads: List[dict], bbox_heads: List[dict]) -> int:
     """Set one ``num_classes`` in every classifying head.
 
     Args:
