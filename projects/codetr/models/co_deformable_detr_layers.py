@@ -165,15 +165,15 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
         """Encode flattened features (bs, num_feat_points, dims)."""
         reference_points = self.get_encoder_reference_points(
             spatial_shapes, valid_ratios, device=query.device)
+        inputs = dict(
+            query_pos=query_pos,
+            key_padding_mask=key_padding_mask,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reference_points=reference_points,
+            **kwargs)
         for i, layer in enumerate(self.layers):
-            inputs = dict(
-                query_pos=query_pos,
-                key_padding_mask=key_padding_mask,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-                valid_ratios=valid_ratios,
-                reference_points=reference_points,
-                **kwargs)
             if i < self.num_cp and self.training and torch.is_grad_enabled():
                 query = checkpoint(layer, query, use_reentrant=False, **inputs)
             else:
