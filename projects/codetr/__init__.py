@@ -7,6 +7,8 @@ configs. The layout follows the method:
 - ``models``: the detector, the query head and its transformer, the
   auxiliary heads and the typed interface between them;
 - ``datasets``: the generated shapes dataset, input checks, robust loading;
+- ``checkpoint``: the released (mmdet 2.x) parameter names and the loading
+  and conversion of the released checkpoints;
 - ``engine``: hooks and helpers of the training tools;
 - ``utils``: compatibility with current torch.
 """

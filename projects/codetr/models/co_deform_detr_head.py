@@ -162,7 +162,8 @@ class CoDeformDETRHead(DeformableDETRHead):
                 spatial sizes (read from shapes, no device sync).
 
         Returns:
-            tuple[Tensor]: num_levels + 1 maps, each (bs, dim, h_l, w_l).
+            tuple[Tensor]: num_levels + 1 contiguous maps, each
+            (bs, dim, h_l, w_l).
         """
         if not self.with_aux_pyramid:
             raise RuntimeError('this query head was built without auxiliary '
@@ -170,8 +171,13 @@ class CoDeformDETRHead(DeformableDETRHead):
         bs, _, dims = memory.shape
         sizes = [feat.shape[-2:] for feat in mlvl_feats]
         levels = memory.split([h * w for h, w in sizes], dim=1)
+        # Each level must be a dense NCHW tensor, not a strided view of the
+        # memory: mmcv's RoIAlign (CPU and CUDA) reads ``data_ptr()`` as
+        # dense NCHW and ignores strides, so a transposed view would pool
+        # the wrong elements (and image n > 0 would read image 0's memory).
+        # One copy of the memory in all.
         pyramid = [
-            level.transpose(1, 2).reshape(bs, dims, h, w)
+            level.transpose(1, 2).contiguous().view(bs, dims, h, w)
             for level, (h, w) in zip(levels, sizes)
         ]
         pyramid.append(self.downsample(pyramid[-1]))

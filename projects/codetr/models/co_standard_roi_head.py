@@ -38,6 +38,19 @@ class CoStandardRoIHead(StandardRoIHead):
                              'become query targets and must be absolute '
                              'boxes, not deltas.')
 
+    def _bbox_forward(self, x: Tuple[Tensor, ...], rois: Tensor) -> dict:
+        """mmdet's RoI forward on dense feature maps.
+
+        mmcv's RoIAlign reads its input as dense NCHW memory and ignores
+        strides, so a strided view (e.g. a transposed slice of the encoder
+        memory) would be pooled from the wrong elements without any error.
+        The query head already hands over contiguous maps; for those
+        ``contiguous()`` returns the same tensor, so this guard against other
+        producers of the pyramid costs nothing.
+        """
+        return super()._bbox_forward(
+            tuple(lvl.contiguous() for lvl in x), rois)
+
     def loss(self, x: Tuple[Tensor, ...], rpn_results_list: InstanceList,
              batch_data_samples: SampleList) -> dict:
         """mmdet's RoI losses (positive coordinates discarded)."""
