@@ -1,10 +1,11 @@
 """The steps ``tools/train.py`` and ``tools/test.py`` share.
 
 Each tool: loads the config (:func:`load_config`), applies its own options
-(``run_config``), checks the data and prepares the process group
-(:func:`prepare_run`), and builds the runner (:func:`build_runner`). Errors a
-user can fix (:class:`DataCheckError`, :class:`RunConfigError`) end the tool
-with the message alone, without a traceback (:func:`exit_on_user_error`).
+(``run_config``), checks ``load_from`` and the data and prepares the process
+group (:func:`prepare_run`), and builds the runner (:func:`build_runner`).
+Errors a user can fix (:class:`DataCheckError`, :class:`RunConfigError`,
+:class:`CheckpointError`) end the tool with the message alone, without a
+traceback (:func:`exit_on_user_error`).
 """
 import contextlib
 import os
@@ -13,6 +14,7 @@ from typing import Iterator, Optional, Sequence
 
 from mmengine.config import Config
 
+from ..checkpoint.loading import CheckpointError, check_load_from
 # Imported for registration: the hook, model wrapper and image loader the
 # tools add to configs.
 from ..datasets import robust_loading  # noqa: F401
@@ -52,9 +54,12 @@ def load_config(path: str, launcher: str, cfg_options: Optional[dict],
 
 def prepare_run(cfg: Config, dataloaders: Sequence[str], launcher: str,
                 check_data: bool = True) -> None:
-    """Check the datasets of ``dataloaders`` (on rank 0: a failure there ends
-    every process through the launcher) and, without CUDA, set up the
+    """Check ``load_from`` (a released Co-DETR checkpoint must be converted
+    first) and the datasets of ``dataloaders`` (on rank 0: a failure there
+    ends every process through the launcher) and, without CUDA, set up the
     process group for gloo."""
+    if is_main_process():
+        check_load_from(cfg.get('load_from'))
     if check_data and is_main_process():
         check_config_datasets(
             cfg, dataloaders, log=lambda s: say(f'data check: {s}'),
@@ -69,7 +74,7 @@ def exit_on_user_error(config_path: str) -> Iterator[None]:
         yield
     except DataCheckError as err:
         sys.exit(f'error: the data of {config_path} cannot be used:\n{err}')
-    except (RunConfigError, RuntimeError) as err:
+    except (RunConfigError, CheckpointError, RuntimeError) as err:
         sys.exit(f'error: {err}')
 
 
