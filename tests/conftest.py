@@ -14,6 +14,9 @@ from typing import Callable, Optional, Sequence
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# A fixture plugin (``pytest_plugins``) of the gradient tests, which also
+# import its helpers: rewrite its asserts before that first import.
+pytest.register_assert_rewrite('gradient_graph')
 
 
 @pytest.fixture(scope='session')

@@ -1,5 +1,6 @@
-"""tools/analysis/convergence.py: the per-arm configs of the convergence
-benchmark and its summary, on fabricated logs (no training)."""
+"""tools/analysis/convergence.py and convergence_report.py: the per-arm
+configs of the convergence benchmark and its summary, on fabricated logs
+(no training)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -7,17 +8,20 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
+TOOLS = Path(__file__).resolve().parents[1] / 'tools' / 'analysis'
 
-def _load_driver():
-    path = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / \
-        'convergence.py'
-    spec = importlib.util.spec_from_file_location('convergence', path)
+
+def _load(name):
+    """``tools/analysis/<name>.py`` as a module (not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-conv = _load_driver()
+conv = _load('convergence')  # the driver: arms' configs, launching
+conv_arms = _load('convergence_arms')  # ARMS, evaluation points
+report = _load('convergence_report')  # summary of the logs
 HEADS = ('rpn_head', 'roi_head', 'bbox_head', 'with_pos_coord')
 
 
@@ -41,6 +45,7 @@ def test_schedule_follows_iterations(tmp_path, iters, val_interval, step):
     assert (lr_step.type, lr_step.end, lr_step.milestones) == ('MultiStepLR',
                                                                iters, [step])
     assert cfg.default_hooks.checkpoint.interval == val_interval
+    # inherited from the arm's config (validation scalars at the iteration)
     assert cfg.default_hooks.logger.log_metric_by_epoch is False
     assert cfg.randomness.seed == 0
     root = str(tmp_path / 'd') + '/'
@@ -48,8 +53,10 @@ def test_schedule_follows_iterations(tmp_path, iters, val_interval, step):
         assert cfg[loader].dataset.data_root == root
     assert cfg.val_evaluator.ann_file == root + \
         'annotations/instances_val.json'
-    assert conv.expected_val_iters(iters, val_interval)[-1] == iters
-    assert conv.expected_val_iters(1234, 300) == [300, 600, 900, 1200, 1234]
+    assert conv_arms.expected_val_iters(iters, val_interval)[-1] == iters
+    assert conv_arms.expected_val_iters(1234, 300) == [
+        300, 600, 900, 1200, 1234
+    ]
 
 
 def test_arms_differ_only_in_their_heads(tmp_path):
@@ -135,7 +142,7 @@ def test_summary_tables_name_failed_and_incomplete_arms(tmp_path):
     (work / 'status.json').write_text(
         json.dumps(dict(settings=settings, arms=arms)))
 
-    assert conv.summarize(str(work)) is False
+    assert report.summarize(str(work)) is False
     md = (work / 'convergence.md').read_text()
     header = ('| iteration | K=0 | K=1 ATSS | K=1 Faster R-CNN '
               '| K=2 (R-CNN + ATSS) |')  # arms in the order of conv.ARMS

@@ -45,16 +45,35 @@ def test_unknown_names_are_rejected():
             from_released(name)
 
 
+def run_golden(parity, num_images: int, tag: str, mode: str):
+    """Run the model on the golden inputs of ``num_images`` images.
+
+    Args:
+        mode: 'losses' (``model.loss`` in training mode, seed 0) or 'pred'
+            (``model.predict`` in eval mode, ``rescale=False``).
+
+    Returns:
+        tuple: Our output and the released code's
+        (``golden()['results'][f'{tag}_{mode}']``); the model is left in eval
+        mode.
+    """
+    model, _, gold = parity
+    expected = gold['results'][f'{tag}_{mode}']
+    inputs, samples = golden_batch(num_images)
+    model.train(mode == 'losses')
+    with torch.no_grad():
+        if mode == 'losses':
+            torch.manual_seed(0)
+            ours = model.loss(inputs, samples)
+        else:
+            ours = model.predict(inputs, samples, rescale=False)
+    model.eval()
+    return ours, expected
+
+
 @pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
 def test_losses_match_the_released_code(parity, num_images, tag):
-    model, _, gold = parity
-    expected = gold['results'][f'{tag}_losses']
-    inputs, samples = golden_batch(num_images)
-    model.train()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        losses = model.loss(inputs, samples)
-    model.eval()
+    losses, expected = run_golden(parity, num_images, tag, 'losses')
     keys = deterministic_keys(num_images)
     assert len(keys) == {1: 26, 2: 14}[num_images]
     assert set(expected) == set(losses)  # the same 29 loss entries
@@ -73,12 +92,7 @@ def test_losses_match_the_released_code(parity, num_images, tag):
 
 @pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
 def test_detections_match_the_released_code(parity, num_images, tag):
-    model, _, gold = parity
-    expected = gold['results'][f'{tag}_pred']
-    inputs, samples = golden_batch(num_images)
-    model.eval()
-    with torch.no_grad():
-        results = model.predict(inputs, samples, rescale=False)
+    results, expected = run_golden(parity, num_images, tag, 'pred')
     assert len(results) == len(expected) == num_images
     for result, gold_classes in zip(results, expected):
         pred = result.pred_instances

@@ -11,7 +11,8 @@
 #      pkg_resources), wheel, ninja.
 #   3. mmcv 2.1.0 with its compiled ops, built from source once per
 #      torch/python/CUDA combination and cached as a wheel.
-#   4. mmengine, mmdet and the other requirements, never changing torch.
+#   4. mmengine, mmdet and the other requirements, never changing torch;
+#      then the optional requirements/deploy.txt (onnx, onnxruntime).
 #   5. this repository in editable mode, so `projects.codetr` imports from
 #      any directory.
 #   6. tools/check_install.py; the script exits non-zero if it fails.
@@ -233,6 +234,23 @@ fi
 # --- 4. the other requirements ----------------------------------------------
 log "installing requirements.txt (mmengine, mmdet, pycocotools, ...)"
 pip_install --quiet -r "$REPO_ROOT/requirements.txt" -c "$CONSTRAINTS"
+
+# --- 4b. optional deployment requirements -----------------------------------
+# onnx and onnxruntime for tools/deploy/ and its test; skipped when the
+# pinned versions are already installed.
+if "$PY" - "$REPO_ROOT/requirements/deploy.txt" <<'EOF' 2>/dev/null; then
+import importlib.metadata as md, re, sys
+for line in open(sys.argv[1]):
+    pin = re.match(r'^([A-Za-z0-9_.-]+)==(\S+)', line.strip())
+    if pin:
+        assert md.version(pin.group(1)) == pin.group(2), pin.group(1)
+EOF
+    log "deployment requirements (requirements/deploy.txt) present."
+else
+    log "installing requirements/deploy.txt (onnx, onnxruntime)"
+    pip_install --quiet -r "$REPO_ROOT/requirements/deploy.txt" \
+        -c "$CONSTRAINTS"
+fi
 
 # --- 5. this repository -----------------------------------------------------
 # Skipped when already installed in editable mode from this directory and

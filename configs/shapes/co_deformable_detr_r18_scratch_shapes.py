@@ -36,7 +36,8 @@ param_scheduler = [
         gamma=0.1)
 ]
 default_hooks = dict(
-    logger=dict(interval=50),
+    # IterBasedTrainLoop leaves runner.epoch at 0: log val metrics by iteration
+    logger=dict(interval=50, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=500, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -44,22 +44,16 @@ at parse time (``milestones=[int(max_iters * 0.8)]``), so overriding
 trains from a small derived config ``WORK/configs/<arm>.py`` (``_base_`` =
 the arm's config) that sets ``max_iters``, ``train_cfg`` (``max_iters``,
 ``val_interval``), the LR step (``end = max_iters``, milestone at 80 %), the
-checkpoint interval (= validation interval) and the data root together. It
-also logs validation scalars at the training iteration
-(``log_metric_by_epoch=False``): mmengine's default logs them at
-``runner.epoch``, which an iteration-based loop leaves at 0. The linear
-warm-up keeps the configs' 200 iterations.
+checkpoint interval (= validation interval) and the data root together. The
+linear warm-up keeps the configs' 200 iterations. Validation scalars are
+logged at the training iteration because the arms' configs set
+``log_metric_by_epoch=False`` (inherited by the derived configs).
 
 Outputs, while the runs go (every ``--poll`` seconds) and at the end:
-
-* ``WORK/progress.txt``: per arm its state, device, last logged iteration,
-  latest mAP and a rough ETA (``cat`` it to follow a detached run);
-* ``WORK/convergence.md`` / ``.json``: mAP, mAP50 and mAP75 per validation
-  iteration (rows) and arm (columns), and each arm's state; an arm that
-  failed or misses an evaluation is named there;
-* ``WORK/convergence.png``: every arm's mAP curve (right) and smoothed total
-  training loss (left; it includes the auxiliary losses, so its level differs
-  between arms by construction).
+``WORK/progress.txt`` (per arm: state, last iteration, latest mAP, ETA) and
+``WORK/convergence.md`` / ``.json`` / ``.png`` (mAP tables and curves); see
+``convergence_report.py``, which writes them. The arms, seed and LR step
+are defined in ``convergence_arms.py``.
 
 ``--summarize-only`` writes these three from the logs as they are, e.g.
 while the runs are still going. The driver exits with 1 if an arm failed
@@ -78,7 +72,6 @@ arms, ``--iters 20 --val-interval 10 --num-train 40 --num-val 10 --
 about 7.5 GB on the CPU.
 """
 import argparse
-import datetime
 import json
 import os
 import os.path as osp
@@ -89,39 +82,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from compare_runs import plot_runs  # noqa: E402
-from plot_curves import find_scalar_files, read_scalars  # noqa: E402
+from convergence_arms import ARMS, SEED, lr_step_at  # noqa: E402
+from convergence_report import summarize, write_atomic  # noqa: E402
+from plot_curves import find_scalar_files  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-_CFG = 'configs/shapes/co_deformable_detr_r18_scratch_shapes'
-# name -> (label in tables and plots, config relative to the repository)
-ARMS = {
-    'k0': ('K=0', f'{_CFG}_k0.py'),
-    'atss': ('K=1 ATSS', f'{_CFG}_atss.py'),
-    'rcnn': ('K=1 Faster R-CNN', f'{_CFG}_rcnn.py'),
-    'k2': ('K=2 (R-CNN + ATSS)', f'{_CFG}.py'),
-    'nopos': ('K=2, no pos. queries', f'{_CFG}_nopos.py'),
-}
-METRICS = {  # name in the results -> key logged by CocoMetric
-    'mAP': 'coco/bbox_mAP',
-    'mAP50': 'coco/bbox_mAP_50',
-    'mAP75': 'coco/bbox_mAP_75',
-}
-TITLES = dict(mAP='box mAP@[.5:.95]', mAP50='box mAP@.5', mAP75='box mAP@.75')
-SEED = 0
-LR_STEP = (4, 5)  # the configs' milestones=[int(max_iters * 0.8)], exactly
-
-
-def lr_step_at(iters: int) -> int:
-    """The LR step of an ``iters``-iteration run: ``floor(0.8 * iters)`` in
-    integer arithmetic."""
-    return iters * LR_STEP[0] // LR_STEP[1]
-
-
-def expected_val_iters(iters: int, val_interval: int) -> List[int]:
-    """Iterations at which ``IterBasedTrainLoop`` validates: every
-    ``val_interval`` and after the last one."""
-    return sorted(set(range(val_interval, iters + 1, val_interval)) | {iters})
 
 
 # --------------------------------------------------------------- configs
@@ -177,8 +142,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     checkpoint=dict(interval={val_interval}),
-    # Validation scalars at the training iteration, not runner.epoch (0).
-    logger=dict(interval={log_interval}, log_metric_by_epoch=False))
+    logger=dict(interval={log_interval}))
 randomness = dict(seed={SEED})
 
 data_root = {root!r}
@@ -188,186 +152,6 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 '''
-
-
-# --------------------------------------------------------------- results
-
-
-def _pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def read_status(work: str) -> dict:
-    """``WORK/status.json`` as the driver last wrote it; an arm marked
-    running whose process is gone (driver killed) becomes 'lost'."""
-    with open(osp.join(work, 'status.json')) as f:
-        status = json.load(f)
-    for arm in status['arms'].values():
-        if arm['state'] == 'running' and not _pid_alive(arm.get('pid')):
-            arm['state'] = 'lost (process gone, driver stopped?)'
-    return status
-
-
-def collect(work: str, status: dict) -> Dict[str, dict]:
-    """Per arm: its status plus the validation results by iteration, the
-    training loss and the last logged iteration, from its scalars.json."""
-    settings = status['settings']
-    expected = expected_val_iters(settings['iters'], settings['val_interval'])
-    results = {}
-    for arm in [a for a in ARMS if a in status['arms']]:  # table order
-        info = status['arms'][arm]
-        files = find_scalar_files(osp.join(work, arm))
-        train, val = read_scalars(files) if files else ({}, {})
-        metrics = {name: val.get(key, {}) for name, key in METRICS.items()}
-        # Training lines are logged every few iterations, validation at the
-        # last one too.
-        last_iter = max([*train.get('loss', {}), *metrics['mAP'], 0])
-        missing = []  # evaluations that should have happened but did not
-        if info['state'] != 'running':
-            missing = [
-                i for i in expected if i not in metrics['mAP'] and (
-                    i <= last_iter or info['state'] == 'done')
-            ]
-        if info['state'] == 'done' and missing:
-            info['state'] = 'incomplete'  # exit code 0, results missing
-        step_time = train.get('time', {})
-        results[arm] = dict(
-            info,
-            label=ARMS[arm][0],
-            last_iter=int(last_iter),
-            missing_evaluations=missing,
-            seconds_per_iter=step_time[max(step_time)] if step_time else None,
-            _train=train,
-            _val=val)
-        for name, values in metrics.items():
-            results[arm][name] = dict(sorted(values.items()))
-    return results
-
-
-def _fmt(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value:.3f}'
-
-
-def markdown(status: dict, results: Dict[str, dict]) -> str:
-    """The tables of ``convergence.md``."""
-    s = status['settings']
-    arms = list(results)
-    rows = set(expected_val_iters(s['iters'], s['val_interval']))
-    rows = sorted(rows.union(*(r['mAP'] for r in results.values())))
-    lines = [
-        '# Convergence on the generated shapes data', '',
-        f"{s['iters']} iterations, validation every {s['val_interval']}, "
-        f"LR step at {lr_step_at(s['iters'])}, seed {SEED}, "
-        f"{'AMP' if s['amp'] else 'fp32'}, data {s['data_root']} "
-        f"({s['num_train']} training / {s['num_val']} validation images); "
-        f"extra train.py arguments: {' '.join(s['train_args']) or 'none'}. "
-        f"Summarised {datetime.datetime.now():%Y-%m-%d %H:%M}.", ''
-    ]
-    for name, key in METRICS.items():
-        lines += [
-            f'## COCO {TITLES[name]} (`{key}`) on val', '',
-            'Row: the training iteration at which the model was '
-            'evaluated.', '',
-            '| iteration | ' + ' | '.join(results[a]['label']
-                                          for a in arms) + ' |',
-            '|---:|' + '---:|' * len(arms)
-        ]
-        lines += [
-            f'| {i} | ' +
-            ' | '.join(_fmt(results[a][name].get(i)) for a in arms) + ' |'
-            for i in rows
-        ]
-        lines.append('')
-    lines += [
-        '## Arms', '',
-        '| arm | config | device | state | last logged iteration |',
-        '|---|---|---|---|---:|'
-    ]
-    for arm, r in results.items():
-        state = r['state']
-        if state not in ('done', 'running'):
-            state = f"**{state}** (see {r['log']})"
-        if r['missing_evaluations']:
-            state += f" - no mAP at {r['missing_evaluations']}"
-        lines.append(f"| {arm}: {r['label']} | {r['config']} | "
-                     f"{r['device']} | {state} | {r['last_iter']} |")
-    return '\n'.join(lines) + '\n'
-
-
-def progress_text(status: dict, results: Dict[str, dict]) -> str:
-    """The lines of ``progress.txt``: one per arm."""
-    iters = status['settings']['iters']
-    lines = [
-        f'{datetime.datetime.now():%Y-%m-%d %H:%M:%S}  {iters} '
-        f'iterations per arm, validation every '
-        f"{status['settings']['val_interval']}",
-        f"{'arm':<7}{'device':<8}{'iter':>11}{'latest mAP':>14}"
-        f"{'eta':>9}  state"
-    ]
-    for arm, r in results.items():
-        latest = (f"{r['mAP'][max(r['mAP'])]:.3f} @{max(r['mAP'])}"
-                  if r['mAP'] else '-')
-        eta = '-'
-        if r['state'] == 'running' and r['seconds_per_iter']:
-            minutes = (iters - r['last_iter']) * r['seconds_per_iter'] / 60
-            eta = f'{minutes:.0f} min'
-        lines.append(f"{arm:<7}{r['device']:<8}{r['last_iter']:>6}/"
-                     f"{iters:<5}{latest:>13}{eta:>9}  {r['state']}")
-    return '\n'.join(lines) + '\n'
-
-
-def _write(path: str, text: str) -> None:
-    """Replace ``path`` at once, so a poller never reads half a file."""
-    tmp = f'{path}.{os.getpid()}.tmp'  # --summarize-only may run meanwhile
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def summarize(work: str, plot: bool = True) -> bool:
-    """Write progress.txt and (with ``plot``) convergence.{md,json,png}.
-
-    Returns:
-        bool: Whether every arm finished with all its evaluations.
-    """
-    status = read_status(work)
-    results = collect(work, status)
-    _write(osp.join(work, 'progress.txt'), progress_text(status, results))
-    if not plot:
-        return False
-    md = markdown(status, results)
-    _write(osp.join(work, 'convergence.md'), md)
-    public = {}  # results without the logged series
-    runs = []  # label, training and validation series
-    for arm, r in results.items():
-        public[arm] = {k: v for k, v in r.items() if not k.startswith('_')}
-        label = r['label']
-        if r['state'] not in ('done', 'running'):
-            label += f" ({r['state'].split(' ')[0]})"  # e.g. '(failed)'
-        runs.append((label, r['_train'], r['_val']))
-    text = json.dumps(dict(settings=status['settings'], arms=public), indent=1)
-    _write(osp.join(work, 'convergence.json'), text + '\n')
-    plot_runs(
-        runs,
-        'loss',
-        METRICS['mAP'],
-        window=5,
-        out=osp.join(work, 'convergence.png'),
-        loss_title='total training loss (auxiliary losses included)',
-        metric_title='COCO box mAP on val',
-        suptitle=f"Co-Deformable-DETR R18 from scratch, shapes data, "
-        f"{status['settings']['iters']} iterations")
-    print(md)
-    print(f'wrote {work}/convergence.md, convergence.json, convergence.png')
-    return all(r['state'] == 'done' for r in results.values())
 
 
 # ------------------------------------------------------------------- run
@@ -404,8 +188,9 @@ def start_arm(arm: str, gpu: Optional[str], args: argparse.Namespace,
         tuple[subprocess.Popen, dict]: The process and its status entry.
     """
     config = osp.join(args.work, 'configs', f'{arm}.py')
-    _write(config,
-           derived_config(arm, args.iters, args.val_interval, args.data_root))
+    write_atomic(
+        config,
+        derived_config(arm, args.iters, args.val_interval, args.data_root))
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', threads)
     if gpu is not None:
@@ -481,7 +266,8 @@ def run(args: argparse.Namespace, train_args: List[str]) -> bool:
                 info.update(
                     rc=proc.returncode, state=exit_state(proc.returncode))
                 print(f"{arm}: {info['state']}", flush=True)
-        _write(osp.join(work, 'status.json'), json.dumps(status, indent=1))
+        write_atomic(
+            osp.join(work, 'status.json'), json.dumps(status, indent=1))
         if all(info['rc'] is not None for info in status['arms'].values()):
             break
         summarize(work, plot=False)

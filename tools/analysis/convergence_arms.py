@@ -1,0 +1,31 @@
+"""What the convergence benchmark compares: its arms, seed, LR step and
+evaluation points.
+
+Shared by the driver (``convergence.py``, which trains the arms) and the
+summary (``convergence_report.py``, which reads their logs).
+"""
+from typing import List
+
+_CFG = 'configs/shapes/co_deformable_detr_r18_scratch_shapes'
+# name -> (label in tables and plots, config relative to the repository)
+ARMS = {
+    'k0': ('K=0', f'{_CFG}_k0.py'),
+    'atss': ('K=1 ATSS', f'{_CFG}_atss.py'),
+    'rcnn': ('K=1 Faster R-CNN', f'{_CFG}_rcnn.py'),
+    'k2': ('K=2 (R-CNN + ATSS)', f'{_CFG}.py'),
+    'nopos': ('K=2, no pos. queries', f'{_CFG}_nopos.py'),
+}
+SEED = 0
+LR_STEP = (4, 5)  # the configs' milestones=[int(max_iters * 0.8)], exactly
+
+
+def lr_step_at(iters: int) -> int:
+    """The LR step of an ``iters``-iteration run: ``floor(0.8 * iters)`` in
+    integer arithmetic."""
+    return iters * LR_STEP[0] // LR_STEP[1]
+
+
+def expected_val_iters(iters: int, val_interval: int) -> List[int]:
+    """Iterations at which ``IterBasedTrainLoop`` validates: every
+    ``val_interval`` and after the last one."""
+    return sorted(set(range(val_interval, iters + 1, val_interval)) | {iters})
