@@ -143,3 +143,44 @@ def test_error_mismatched_checkpoint(exported, capsys, tmp_path):
     assert 'query_head.query_embedding.weight' in err  # missing
     assert 'query_head.extra.weight' in err  # unexpected
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_infer_onnx_writes_what_mmdet_inference_gives(exported, tmp_path):
+    """tools/deploy/infer_onnx.py on an image file: the json it writes holds
+    mmdet's ``inference_detector`` detections (same test pipeline, boxes in
+    original-image pixels) and the drawn image exists."""
+    import json
+
+    import mmcv
+    from codetr_testing import load_config
+    from mmdet.apis import inference_detector
+    model, _, _, onnx_path = exported
+    cfg = load_config()  # the R50 config's test pipeline and dataset
+    cfg.model = tiny_model_cfg(num_query=50)
+    cfg.test_dataloader.dataset.metainfo = dict(classes=('a', 'b', 'c'))
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline
+              if t['type'] == 'Resize'][0]
+    resize['scale'] = (160, 128)  # keep the CPU test small
+    config = str(tmp_path / 'with_pipeline.py')
+    cfg.dump(config)
+    image = str(tmp_path / 'shapes.jpg')
+    rng = np.random.default_rng(0)
+    mmcv.imwrite(rng.integers(0, 256, (150, 220, 3), dtype=np.uint8), image)
+    tool = osp.join(REPO, 'tools', 'deploy', 'infer_onnx.py')
+    out = tmp_path / 'out'
+    proc = subprocess.run(
+        [sys.executable, tool, onnx_path, config, image, '--out-dir',
+         str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / 'vis' / 'shapes.jpg').is_file()
+    with open(out / 'preds' / 'shapes.json') as f:
+        preds = json.load(f)
+
+    model.cfg = cfg
+    expected = inference_detector(model, image).pred_instances
+    assert len(preds['scores']) == len(expected.scores) == MAX_PER_IMG
+    assert preds['labels'] == expected.labels.tolist()
+    np.testing.assert_allclose(preds['scores'], expected.scores.numpy(),
+                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(preds['bboxes'], expected.bboxes.numpy(),
+                               rtol=0, atol=1e-2)
