@@ -38,7 +38,7 @@ def test_co_msda_matches_mmcv(ref_dims):
 
 
 def test_msda_samples_in_fp32_under_autocast(monkeypatch):
-    import projects.codetr.models.co_deformable_detr_layers as layers
+    import projects.codetr.models.transformers.co_deformable_detr_layers as layers
     seen = []
     original = layers.multi_scale_deformable_attn_pytorch
 

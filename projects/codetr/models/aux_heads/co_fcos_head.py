@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 
-from .positive_coords import PositiveCoords
+from ..positive_coords import PositiveCoords
 
 
 @MODELS.register_module()

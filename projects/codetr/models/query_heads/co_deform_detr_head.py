@@ -11,7 +11,7 @@ from mmdet.utils import ConfigType, OptConfigType, reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
+from ..positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 
 
 @MODELS.register_module()

@@ -11,7 +11,7 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from .positive_coords import PositiveCoords
+from ..positive_coords import PositiveCoords
 
 
 @MODELS.register_module()

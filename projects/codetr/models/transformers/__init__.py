@@ -1,0 +1,11 @@
+"""Transformers of the query heads: encoder, query selection, decoder, and
+the decoding of the auxiliary heads' positive queries, with their layers."""
+from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
+                                        CoDeformableDetrTransformerEncoder,
+                                        CoMultiScaleDeformableAttention)
+from .co_deformable_detr_transformer import CoDeformableDetrTransformer
+
+__all__ = [
+    'CoDeformableDetrTransformer', 'CoDeformableDetrTransformerDecoder',
+    'CoDeformableDetrTransformerEncoder', 'CoMultiScaleDeformableAttention'
+]
