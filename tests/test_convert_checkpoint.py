@@ -238,11 +238,11 @@ def test_conversion_errors_name_the_problem(case, tmp_path, monkeypatch):
             torch.ones(1)
         expected = [
             'query_head.transformer.dn_query_generator.weight',
-            'released (mmdet 2.x)', 'Co-Deformable-DETR'
+            'released (mmdet 2.x)', 'modules it does not have', '--from'
         ]
     elif case == 'unknown':
         state = released_state_dict(NECK)
-        expected = ['cannot tell the layout', '--to codetr']
+        expected = ['cannot tell the layout', '--from', '--to codetr']
     elif case == 'same':
         args = ['--to', 'released']
         expected = ['already uses the released Co-DETR (mmdet 2.x) names']

@@ -1,11 +1,15 @@
-"""Convert checkpoints between the released Co-DETR code and codetr.
+"""Convert checkpoints between the released Co-DETR code, mmdet 3.x's
+``projects/CO-DETR`` and codetr.
 
 The authors' code (mmdet 2.x) and codetr name some transformer tensors
 differently (``attentions.0`` / ``self_attn``, ``level_embeds`` /
-``level_embed``, ...; ``projects/codetr/checkpoint/released_names.py``).
-This tool renames every tensor of a Co-Deformable-DETR checkpoint::
+``level_embed``, ...; ``projects/codetr/checkpoint/released_names.py``), and
+Swin backbones differently (original Swin / mmdet's ``SwinTransformer``,
+``swin_names.py``); mmdet 3.x's port keeps the released transformer names
+with mmdet's Swin (``mmdet3_names.py``). This tool renames every tensor::
 
-    python tools/convert_checkpoint.py IN.pth OUT.pth [--to codetr|released]
+    python tools/convert_checkpoint.py IN.pth OUT.pth \
+        [--from released|codetr|mmdet3] [--to codetr|released|mmdet3]
 
 The input is read with ``torch.load(weights_only=True)`` (no code in the file
 runs; mmcv/mmdet objects in its ``meta`` are read as plain data). OUT holds
@@ -29,8 +33,13 @@ examples:
   a codetr checkpoint -> the released code's names:
     python tools/convert_checkpoint.py work_dirs/x/epoch_12.pth \\
       epoch_12_released.pth --to released
+  an mmdet 3.x projects/CO-DETR checkpoint -> codetr:
+    python tools/convert_checkpoint.py co_dino_5scale_swin_large_1x.pth \\
+      co_dino_5scale_swin_large_1x_codetr.pth --from mmdet3
 
-The direction is taken from the tensor names when --to is not given.
+The source layout is taken from the tensor names when --from is not given;
+the target is codetr for released and mmdet3 inputs, released for codetr
+inputs, when --to is not given.
 """
 
 
@@ -47,36 +56,49 @@ def parse_args() -> argparse.Namespace:
         'or a bare state dict; a DDP "module." prefix is removed)')
     parser.add_argument('dst', metavar='OUT', help='converted checkpoint')
     parser.add_argument(
+        '--from',
+        dest='source',
+        choices=['released', 'codetr', 'mmdet3'],
+        help='layout of IN (default: detected from its tensor names)')
+    parser.add_argument(
         '--to',
-        choices=['codetr', 'released'],
-        help='target layout (default: the other one than IN\'s, detected '
-        'from its tensor names)')
+        choices=['codetr', 'released', 'mmdet3'],
+        help='target layout (default: codetr for a released or mmdet3 IN, '
+        'released for a codetr IN)')
     return parser.parse_args()
 
 
-def choose_target(detected: str, to, src: str) -> str:
-    """The target layout from ``--to`` and the detected source layout."""
+def choose_layouts(detected: str, to, src: str, source=None):
+    """(source, target) layouts from ``--from``/``--to`` and the detected
+    layout of ``src``."""
     from projects.codetr.checkpoint import (CODETR, RELEASED, UNKNOWN,
                                             CheckpointError)
     from projects.codetr.checkpoint.loading import LAYOUT_NAMES
-    if to is None:
-        if detected == UNKNOWN:
+    if source is None and detected == UNKNOWN:
+        if to in (CODETR, RELEASED):
+            # e.g. a state dict without transformer keys: the other one of
+            # the two layouts, as asked; unknown keys are then listed
+            source = RELEASED if to == CODETR else CODETR
+        else:
             raise CheckpointError(
                 f'cannot tell the layout of {src}: its tensor names are '
                 f'neither only those of the released Co-DETR code (e.g. '
                 f'`query_head.transformer.encoder.layers.0.attentions.0.*`) '
-                f'nor only codetr\'s (`...layers.0.self_attn.*`). Pass --to '
-                f'codetr or --to released to convert it anyway; keys that '
+                f'nor only codetr\'s (`...layers.0.self_attn.*`). Pass '
+                f'--from released, --from codetr or --from mmdet3 (or --to '
+                f'codetr / --to released) to convert it anyway; keys that '
                 f'belong to no Co-DETR module are then listed.')
-        return CODETR if detected == RELEASED else RELEASED
-    if detected == to:
+    source = source or detected
+    if to is None:
+        return source, RELEASED if source == CODETR else CODETR
+    if source == to:
         raise CheckpointError(
             f'{src} already uses the {LAYOUT_NAMES[to]} names: nothing to '
-            f'convert. Use it as it is, or pass the other --to.')
-    return to
+            f'convert. Use it as it is, or pass another --to.')
+    return source, to
 
 
-def convert(src: str, dst: str, to=None) -> dict:
+def convert(src: str, dst: str, to=None, source=None) -> dict:
     """Read ``src`` safely, rename its tensors, write ``dst``.
 
     Returns:
@@ -89,15 +111,14 @@ def convert(src: str, dst: str, to=None) -> dict:
     """
     import torch
 
-    from projects.codetr.checkpoint import (CODETR, RELEASED, CheckpointError,
-                                            convert_state_dict, load_weights)
+    from projects.codetr.checkpoint import (CheckpointError, convert_layout,
+                                            load_weights)
     if osp.exists(src) and osp.exists(dst) and osp.samefile(src, dst):
         raise CheckpointError(f'OUT is IN ({dst}); give another output '
                               'file.')
     loaded = load_weights(src)
-    target = choose_target(loaded.layout, to, src)
-    state_dict = convert_state_dict(loaded.state_dict, to=target)
-    source = RELEASED if target == CODETR else CODETR
+    source, target = choose_layouts(loaded.layout, to, src, source)
+    state_dict = convert_layout(loaded.state_dict, source, target)
     # Plain types only, so that torch >= 2.6 (weights_only) and mmengine's
     # load_checkpoint read it without an allowlist.
     meta = dict(
@@ -127,14 +148,14 @@ def main() -> None:
     except PluginImportError as err:
         sys.exit(f'error: {err}')
     try:
-        summary = convert(args.src, args.dst, args.to)
+        summary = convert(args.src, args.dst, args.to, args.source)
     except (FileNotFoundError, CheckpointError) as err:
         sys.exit(f'error: {err}')
     except UnmappedKeysError as err:
-        sys.exit(f'error: {err}\nOnly Co-Deformable-DETR checkpoints can be '
-                 'converted: codetr implements that model, and the keys '
-                 'above belong to modules it does not have (e.g. of '
-                 'Co-DINO).')
+        sys.exit(f'error: {err}\nOnly checkpoints of the models codetr '
+                 'implements can be converted; the keys above belong to '
+                 'modules it does not have. If IN is of another layout than '
+                 'detected, name it with --from.')
     print(f'converted {summary["tensors"]} tensors: '
           f'{LAYOUT_NAMES[summary["source"]]} -> '
           f'{LAYOUT_NAMES[summary["target"]]}')

@@ -234,7 +234,9 @@ model = dict(
                 debug=False),
             test_cfg=dict(
                 nms_pre=1000,
-                min_bbox_size=0,
+                # no min_bbox_size: mmdet 2.x dense heads ignored it (only its
+                # RPN applied it), so the released test keeps the boxes that
+                # clipping to the image makes empty; mmdet 3.x would drop them.
                 score_thr=0.0,
                 nms=dict(type='nms', iou_threshold=0.6),
                 max_per_img=100))))

@@ -7,6 +7,7 @@ summary (``convergence_report.py``, which reads their logs).
 from typing import List
 
 _CFG = 'configs/shapes/co_deformable_detr_r18_scratch_shapes'
+_DINO = 'configs/shapes/co_dino_r18_scratch_shapes'
 # name -> (label in tables and plots, config relative to the repository)
 ARMS = {
     'k0': ('K=0', f'{_CFG}_k0.py'),
@@ -14,7 +15,12 @@ ARMS = {
     'rcnn': ('K=1 Faster R-CNN', f'{_CFG}_rcnn.py'),
     'k2': ('K=2 (R-CNN + ATSS)', f'{_CFG}.py'),
     'nopos': ('K=2, no pos. queries', f'{_CFG}_nopos.py'),
+    # Co-DINO (900 queries, denoising, 5 scales): the same data and schedule
+    'dino_k0': ('Co-DINO K=0', f'{_DINO}_k0.py'),
+    'dino_k2': ('Co-DINO K=2', f'{_DINO}.py'),
 }
+# what runs when no arm is named: the five Co-Deformable-DETR arms
+DEFAULT_ARMS = ('k0', 'atss', 'rcnn', 'k2', 'nopos')
 SEED = 0
 LR_STEP = (4, 5)  # the configs' milestones=[int(max_iters * 0.8)], exactly
 

@@ -37,14 +37,19 @@ import torch
 
 # Registers numpy and mmengine HistoryBuffer globals for weights_only loads.
 from ..utils import compat  # noqa: F401
+from .mmdet3_names import has_mmdet3_markers
 from .released_names import UnmappedKeysError, from_released, to_released
+from .swin_names import MMDET as MMDET_SWIN
+from .swin_names import swin_naming
 
 RELEASED = 'released'
 CODETR = 'codetr'
+MMDET3 = 'mmdet3'
 UNKNOWN = 'unknown'
 LAYOUT_NAMES = {
     RELEASED: 'released Co-DETR (mmdet 2.x)',
     CODETR: 'codetr (mmdet 3.x)',
+    MMDET3: 'mmdet 3.x projects/CO-DETR',
 }
 
 # Packages whose classes may appear in a checkpoint's metadata and are read
@@ -247,17 +252,27 @@ def detect_layout(state_dict: Iterable[str]) -> str:
             ignored).
 
     Returns:
-        str: ``'released'`` if some key is named the released code's way and
-        none codetr's, ``'codetr'`` for the converse, else ``'unknown'``
-        (no Co-DETR transformer keys, or both namings mixed). Keys of no
-        Co-DETR module do not decide; the conversion names them.
+        str: ``'codetr'`` if some key is named codetr's way and none the
+        released code's; ``'mmdet3'`` (mmdet 3.x ``projects/CO-DETR``) if no
+        key is codetr's and some key is one only mmdet 3.x writes (the
+        denoising generator's label embedding), or the transformer has the
+        released names and the backbone is mmdet's Swin; ``'released'`` for
+        the other checkpoints with released names only; else ``'unknown'``
+        (no Co-DETR transformer keys, or namings mixed). Keys of no Co-DETR
+        module do not decide; the conversion names them.
     """
-    found = classify_keys(_DDP_PREFIX.sub('', k) for k in state_dict)
-    if found[RELEASED] and not found[CODETR]:
-        return RELEASED
+    keys = [_DDP_PREFIX.sub('', k) for k in state_dict]
+    mmdet3 = has_mmdet3_markers(keys)
+    # The marker keys may also be codetr names (its Co-DINO head can hold
+    # mmdet's denoising generator): they must not count as codetr's here.
+    found = classify_keys(k for k in keys if not has_mmdet3_markers([k]))
     if found[CODETR] and not found[RELEASED]:
         return CODETR
-    return UNKNOWN
+    if found[CODETR]:
+        return UNKNOWN
+    if mmdet3 or (found[RELEASED] and swin_naming(keys) == MMDET_SWIN):
+        return MMDET3
+    return RELEASED if found[RELEASED] else UNKNOWN
 
 
 def load_weights(path: str,
@@ -325,12 +340,16 @@ def check_load_from(load_from: Optional[str]) -> None:
         raise
     except CheckpointError:
         return  # not a state dict codetr recognises; mmengine reports it
-    if loaded.layout != RELEASED:
+    if loaded.layout not in (RELEASED, MMDET3):
         return
-    example = classify_keys(loaded.state_dict)[RELEASED][0]
+    examples = classify_keys(loaded.state_dict)[RELEASED] or [
+        k for k in loaded.state_dict if has_mmdet3_markers([k])
+    ]
+    origin = ('the released Co-DETR code (mmdet 2.x parameter names'
+              if loaded.layout == RELEASED else
+              'mmdet 3.x projects/CO-DETR (its parameter names')
     raise ReleasedCheckpointError(
-        f'{load_from} is a checkpoint of the released Co-DETR code (mmdet '
-        f'2.x parameter names, e.g. `{example}`). Loaded as it is, the '
-        f'transformer would keep random weights. Convert it once, then use '
-        f'the converted file:\n'
+        f'{load_from} is a checkpoint of {origin}, e.g. `{examples[0]}`). '
+        f'Loaded as it is, the transformer would keep random weights. '
+        f'Convert it once, then use the converted file:\n'
         f'  python {CONVERTER} {load_from} {converted_name(load_from)}')

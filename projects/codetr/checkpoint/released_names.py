@@ -11,7 +11,16 @@ auxiliary heads and the Co-DETR projections) has the same name in both.
 :func:`convert_state_dict` translates a whole state dict and names every key
 that does not map. The renames were confirmed against the complete list of
 the released model's tensors (``tests/data/parity/official_seed0.json``,
-checked by ``tests/test_parity.py``).
+checked by ``tests/test_parity.py``; Co-DINO:
+``tests/data/parity/codino/official_codino.json``, checked by
+``tests/test_convert_codino.py`` and ``tests/test_codino_parity.py``).
+
+Co-DINO adds: the transformer's content queries (``query_embedding`` here,
+``query_embed`` there), the DINO decoder's ``ref_point_head`` (mmdet's
+``MLP`` names its Linears ``layers.0``/``layers.1``, the released
+``nn.Sequential`` ``0``/``2``) and output ``norm``, and the denoising label
+embedding (owned by mmdet's ``CdnQueryGenerator`` here, by the head
+there).
 """
 import re
 from collections import OrderedDict
@@ -49,6 +58,15 @@ RENAMES: Tuple[Tuple[str, str], ...] = (
     (_QT + r'pos_feats_trans\.', None),
     (_QT + r'pos_feats_norm\.', None),
     (_QT + r'head_pos_embed\.', None),
+    # Co-DINO: content queries, DINO decoder extras, denoising labels.
+    (_QT + r'query_embedding\.', _QT + r'query_embed\.'),
+    (_QT + r'decoder\.ref_point_head\.layers\.0\.',
+     _QT + r'decoder\.ref_point_head\.0\.'),
+    (_QT + r'decoder\.ref_point_head\.layers\.1\.',
+     _QT + r'decoder\.ref_point_head\.2\.'),
+    (_QT + r'decoder\.norm\.', None),
+    (r'query_head\.dn_query_generator\.label_embedding\.',
+     r'query_head\.label_embedding\.'),
     (r'query_head\.cls_branches\.', None),
     (r'query_head\.reg_branches\.', None),
     (r'query_head\.query_embedding\.', None),
@@ -169,7 +187,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor],
         if clashes:
             lines.append('keys that map to the same name: ' +
                          '; '.join(clashes))
-        lines.append('Is this a Co-Deformable-DETR checkpoint of the '
+        lines.append('Is this a Co-DETR checkpoint of the '
                      f"{'released' if to == 'codetr' else 'codetr'} code?")
         raise UnmappedKeysError('\n'.join(lines))
     return converted

@@ -5,10 +5,14 @@ The folders follow the method:
 - ``detectors/``: :class:`CoDETR` (backbone -> neck -> query head, with the
   auxiliary heads trained on the encoder output) and the head-config
   normalisation it applies.
-- ``query_heads/``: :class:`CoDeformDETRHead`, the one-to-one head that owns
-  the transformer and computes main, encoder and auxiliary-query losses.
+- ``query_heads/``: :class:`CoDeformDETRHead` and :class:`CoDINOHead`, the
+  one-to-one heads that own the transformer and compute main, encoder
+  (and denoising) and auxiliary-query losses; what they share is
+  :class:`CoQueryHeadMixin`.
 - ``transformers/``: :class:`CoDeformableDetrTransformer` (encoder, mixed
-  selection, look-forward-twice decoder, auxiliary decoding) and its layers.
+  selection, look-forward-twice decoder, auxiliary decoding),
+  :class:`CoDinoTransformer` (top-k selection, denoising, DINO decoder),
+  their common base and layers.
 - ``aux_heads/``: :class:`CoATSSHead`, :class:`CoFCOSHead`,
   :class:`CoStandardRoIHead`, the one-to-many heads.
 - ``positive_coords.py``: the interface between the two kinds of head:
@@ -18,15 +22,18 @@ The folders follow the method:
 from .aux_heads import CoATSSHead, CoFCOSHead, CoStandardRoIHead
 from .detectors import CoDETR
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
-from .query_heads import CoDeformDETRHead
+from .query_heads import CoDeformDETRHead, CoDINOHead, CoQueryHeadMixin
 from .transformers import (CoDeformableDetrTransformer,
                            CoDeformableDetrTransformerDecoder,
                            CoDeformableDetrTransformerEncoder,
-                           CoMultiScaleDeformableAttention)
+                           CoDinoTransformer, CoDinoTransformerDecoder,
+                           CoMultiScaleDeformableAttention, CoTransformerBase)
 
 __all__ = [
     'CoDETR', 'CoDeformDETRHead', 'CoDeformableDetrTransformer',
     'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerEncoder',
     'CoMultiScaleDeformableAttention', 'CoATSSHead', 'CoStandardRoIHead',
-    'CoFCOSHead', 'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets'
+    'CoFCOSHead', 'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets',
+    'CoDINOHead', 'CoQueryHeadMixin', 'CoDinoTransformer',
+    'CoDinoTransformerDecoder', 'CoTransformerBase'
 ]

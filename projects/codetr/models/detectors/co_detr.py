@@ -154,11 +154,7 @@ class CoDETR(BaseDetector):
         """
         x = self.extract_feat(batch_inputs)
         outs = self.query_head.forward_transformer(x, batch_data_samples)
-        losses = self.query_head.loss(outs['hidden_states'],
-                                      outs['references'],
-                                      outs['enc_outputs_class'],
-                                      outs['enc_outputs_coord'],
-                                      batch_data_samples)
+        losses = self.query_head.loss_by_outputs(outs, batch_data_samples)
         if not (self.roi_head or self.bbox_head):
             return losses  # K = 0: no auxiliary head
         pyramid = self.query_head.memory_to_pyramid(outs['memory'], x)

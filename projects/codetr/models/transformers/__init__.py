@@ -4,8 +4,11 @@ from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
                                         CoDeformableDetrTransformerEncoder,
                                         CoMultiScaleDeformableAttention)
 from .co_deformable_detr_transformer import CoDeformableDetrTransformer
+from .co_dino_transformer import CoDinoTransformer, CoDinoTransformerDecoder
+from .co_transformer_base import CoTransformerBase
 
 __all__ = [
     'CoDeformableDetrTransformer', 'CoDeformableDetrTransformerDecoder',
-    'CoDeformableDetrTransformerEncoder', 'CoMultiScaleDeformableAttention'
+    'CoDeformableDetrTransformerEncoder', 'CoMultiScaleDeformableAttention',
+    'CoTransformerBase', 'CoDinoTransformer', 'CoDinoTransformerDecoder'
 ]

@@ -1,11 +1,7 @@
 """The Co-Deformable-DETR transformer.
 
-mmdet 3.x implements the Deformable DETR transformer stages
-(``pre_transformer -> forward_encoder -> pre_decoder -> forward_decoder``) as
-methods of its ``DeformableDETR`` detector. Co-DETR needs the transformer as a
-module of its own (the query head owns it, and the auxiliary decoding reuses
-it), so this module hosts the same parameters under the same names and reuses
-mmdet's stage functions where Co-DETR does not change them. What changes:
+Built on :class:`~.co_transformer_base.CoTransformerBase` (encoder side,
+mmdet's Deformable DETR stages). What Co-Deformable-DETR adds:
 
 - ``pre_decoder``: mixed selection (spec 4.1);
 - the decoder returns non-detached references (look-forward-twice, spec 4.2)
@@ -16,25 +12,18 @@ mmdet's stage functions where Co-DETR does not change them. What changes:
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-from mmcv.ops import MultiScaleDeformableAttention
-from mmdet.models.detectors.deformable_detr import DeformableDETR
-from mmdet.models.layers import SinePositionalEncoding, inverse_sigmoid
+from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptMultiConfig
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
-                                        CoDeformableDetrTransformerEncoder)
+from .co_deformable_detr_layers import CoDeformableDetrTransformerDecoder
+from .co_transformer_base import CoTransformerBase
 
 
 @MODELS.register_module()
-class CoDeformableDetrTransformer(BaseModule):
+class CoDeformableDetrTransformer(CoTransformerBase):
     """Encoder, two-stage proposals, mixed selection and decoder.
-
-    Parameter names follow mmdet's ``DeformableDETR`` (``level_embed``,
-    ``memory_trans_fc``, ``pos_trans_fc``, ...), so its stage functions can be
-    reused unchanged.
 
     Args:
         encoder (dict): Config of ``DeformableDetrTransformerEncoder``.
@@ -56,15 +45,7 @@ class CoDeformableDetrTransformer(BaseModule):
         init_cfg (dict, optional): Initialisation config.
     """
 
-    # Reused verbatim from mmdet's Deformable DETR: they only read
-    # ``positional_encoding``, ``level_embed``, ``encoder``,
-    # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
-    pre_transformer = DeformableDETR.pre_transformer
-    forward_encoder = DeformableDETR.forward_encoder
-    gen_encoder_output_proposals = DeformableDETR.gen_encoder_output_proposals
-    get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
-    get_proposal_pos_embed = staticmethod(
-        DeformableDETR.get_proposal_pos_embed)
+    decoder_type = CoDeformableDetrTransformerDecoder
 
     def __init__(self,
                  encoder: ConfigType,
@@ -76,29 +57,20 @@ class CoDeformableDetrTransformer(BaseModule):
                  num_co_heads: int = 0,
                  head_pos_embed: str = 'scalar',
                  init_cfg: OptMultiConfig = None) -> None:
-        super().__init__(init_cfg=init_cfg)
         if head_pos_embed not in ('scalar', 'vector'):
             raise ValueError("head_pos_embed must be 'scalar' (released "
                              "behaviour) or 'vector', got "
                              f'{head_pos_embed!r}')
-        self.num_queries = num_queries
-        self.num_feature_levels = num_feature_levels
+        super().__init__(
+            encoder,
+            decoder,
+            positional_encoding,
+            num_queries=num_queries,
+            num_feature_levels=num_feature_levels,
+            num_co_heads=num_co_heads,
+            init_cfg=init_cfg)
         self.mixed_selection = mixed_selection
-        self.num_co_heads = num_co_heads
-        self.as_two_stage = True  # read by the reused mmdet stages
-
-        self.positional_encoding = SinePositionalEncoding(
-            **positional_encoding)
-        self.encoder = CoDeformableDetrTransformerEncoder(**encoder)
-        self.decoder = CoDeformableDetrTransformerDecoder(**decoder)
-        self.embed_dims = dims = self.encoder.embed_dims
-        if self.positional_encoding.num_feats * 2 != dims:
-            raise ValueError('positional_encoding.num_feats must be half of '
-                             f'embed_dims ({dims}), got '
-                             f'{self.positional_encoding.num_feats}')
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, dims))
-        self.memory_trans_fc = nn.Linear(dims, dims)
-        self.memory_trans_norm = nn.LayerNorm(dims)
+        dims = self.embed_dims
         self.pos_trans_fc = nn.Linear(dims * 2, dims * 2)
         self.pos_trans_norm = nn.LayerNorm(dims * 2)
 
@@ -114,17 +86,6 @@ class CoDeformableDetrTransformer(BaseModule):
         if num_co_heads > 0:
             self.head_pos_embed = nn.Embedding(
                 num_co_heads, 1 if head_pos_embed == 'scalar' else dims)
-
-    def init_weights(self) -> None:
-        """Xavier on every matrix, then MSDeformAttn's init, then level
-        embeddings N(0, 1) (spec 1.3)."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.init_weights()
-        nn.init.normal_(self.level_embed)
 
     def pre_decoder(self, memory: Tensor, memory_mask: Optional[Tensor],
                     spatial_shapes: Tensor, cls_branches: nn.ModuleList,
@@ -149,11 +110,7 @@ class CoDeformableDetrTransformer(BaseModule):
             ``enc_outputs_coord`` (bs, num_feat_points, 4) normalised
             (cx, cy, w, h)).
         """
-        if memory.size(1) < self.num_queries:
-            raise ValueError(
-                f'{self.num_queries} queries are selected from the encoder '
-                f'but the image gives only {memory.size(1)} feature points; '
-                'use larger images or fewer queries (num_query).')
+        self.check_num_tokens(memory)
         c = memory.size(-1)
         output_memory, output_proposals = self.gen_encoder_output_proposals(
             memory, memory_mask, spatial_shapes)
@@ -257,13 +214,8 @@ class CoDeformableDetrTransformer(BaseModule):
                            (self.pos_feats_trans[k](feats)))
             # (1,) or (dim,): broadcast over queries either way (spec 4.4).
             query_pos.append(pos + self.head_pos_embed.weight[k])
-        attn_mask = None
-        if len(aux_coords) > 1:
-            set_ids = torch.cat([
-                torch.full((coords.size(1), ), k, device=memory.device)
-                for k, coords in enumerate(aux_coords)
-            ])
-            attn_mask = set_ids[:, None] != set_ids[None, :]  # True: masked
+        attn_mask = self.block_diagonal_mask(
+            [coords.size(1) for coords in aux_coords], memory.device)
         return self.forward_decoder(
             torch.cat(queries, dim=1),
             torch.cat(query_pos, dim=1),

@@ -1,0 +1,254 @@
+# Co-DINO, 5 scales, ResNet-50, two auxiliary heads (Faster R-CNN + ATSS):
+# the model only (spec section 9; released
+# projects/configs/co_dino/co_dino_5scale_r50_1x_coco.py). Experiment
+# configs inherit this file and change only what differs, e.g. the encoder
+# depth (`model.query_head.transformer.encoder.num_layers`), the backbone
+# (`model.backbone`, `model.neck.in_channels`) or the test NMS
+# (`model.query_head.test_cfg`).
+#
+# Auxiliary heads are named entries of `roi_head` / `bbox_head` (see
+# co_deformable_detr_r50.py); num_co_heads and the loss-key numbering follow
+# from the heads present. The auxiliary pyramid has 6 levels: the 5 encoder
+# levels (strides 4..64) and the query head's stride-2 `downsample` (128).
+num_dec_layer = 6
+lambda_2 = 2.0
+aux_weight = num_dec_layer * lambda_2  # every auxiliary loss weight x12
+
+model = dict(
+    type='CoDETR',
+    num_classes=80,  # the one setting for every head
+    with_pos_coord=True,
+    eval_module='detr',  # or 'one-stage' (ATSS) / 'two-stage' (RPN + RoI)
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=1),
+    backbone=dict(
+        type='ResNet',
+        depth=50,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1,
+        norm_cfg=dict(type='BN', requires_grad=False),
+        norm_eval=True,
+        style='pytorch',
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+    neck=dict(
+        type='ChannelMapper',
+        in_channels=[256, 512, 1024, 2048],
+        kernel_size=1,
+        out_channels=256,
+        act_cfg=None,
+        norm_cfg=dict(type='GN', num_groups=32),
+        num_outs=5),
+    query_head=dict(
+        type='CoDINOHead',
+        num_query=900,
+        embed_dims=256,
+        sync_cls_avg_factor=True,
+        max_pos_coords=300,
+        lambda_1=1.0,
+        dn_cfg=dict(
+            label_noise_scale=0.5,
+            box_noise_scale=1.0,
+            group_cfg=dict(dynamic=True, num_groups=None,
+                           num_dn_queries=100)),
+        transformer=dict(
+            type='CoDinoTransformer',
+            num_feature_levels=5,
+            encoder=dict(
+                num_layers=6,
+                # The released config checkpoints 4 encoder layers (memory
+                # only; the computation is the same).
+                num_cp=4,
+                layer_cfg=dict(
+                    self_attn_cfg=dict(
+                        embed_dims=256,
+                        num_heads=8,
+                        num_levels=5,
+                        num_points=4,
+                        dropout=0.0,
+                        batch_first=True),
+                    ffn_cfg=dict(
+                        embed_dims=256,
+                        feedforward_channels=2048,
+                        ffn_drop=0.0))),
+            decoder=dict(
+                num_layers=num_dec_layer,
+                return_intermediate=True,
+                post_norm_cfg=None,
+                layer_cfg=dict(
+                    self_attn_cfg=dict(
+                        embed_dims=256,
+                        num_heads=8,
+                        attn_drop=0.0,
+                        proj_drop=0.0,
+                        batch_first=True),
+                    cross_attn_cfg=dict(
+                        embed_dims=256,
+                        num_heads=8,
+                        num_levels=5,
+                        num_points=4,
+                        dropout=0.0,
+                        batch_first=True),
+                    ffn_cfg=dict(
+                        embed_dims=256,
+                        feedforward_channels=2048,
+                        ffn_drop=0.0)))),
+        positional_encoding=dict(
+            num_feats=128, normalize=True, offset=0.0, temperature=20),
+        loss_cls=dict(
+            type='QualityFocalLoss',
+            use_sigmoid=True,
+            beta=2.0,
+            loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+        loss_iou=dict(type='GIoULoss', loss_weight=2.0),
+        train_cfg=dict(
+            assigner=dict(
+                type='HungarianAssigner',
+                match_costs=[
+                    dict(type='FocalLossCost', weight=2.0),
+                    dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+                    dict(type='IoUCost', iou_mode='giou', weight=2.0)
+                ])),
+        # Released: soft-NMS over the top 900 (query, class) pairs, 300 kept.
+        test_cfg=dict(
+            max_per_img=300, nms=dict(type='soft_nms', iou_threshold=0.8))),
+    rpn_head=dict(
+        type='RPNHead',
+        in_channels=256,
+        feat_channels=256,
+        anchor_generator=dict(
+            type='AnchorGenerator',
+            octave_base_scale=4,
+            scales_per_octave=3,
+            ratios=[0.5, 1.0, 2.0],
+            strides=[4, 8, 16, 32, 64, 128]),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[0.0, 0.0, 0.0, 0.0],
+            target_stds=[1.0, 1.0, 1.0, 1.0]),
+        loss_cls=dict(
+            type='CrossEntropyLoss',
+            use_sigmoid=True,
+            loss_weight=1.0 * aux_weight),
+        loss_bbox=dict(type='L1Loss', loss_weight=1.0 * aux_weight),
+        train_cfg=dict(
+            assigner=dict(
+                type='MaxIoUAssigner',
+                pos_iou_thr=0.7,
+                neg_iou_thr=0.3,
+                min_pos_iou=0.3,
+                match_low_quality=True,
+                ignore_iof_thr=-1),
+            sampler=dict(
+                type='RandomSampler',
+                num=256,
+                pos_fraction=0.5,
+                neg_pos_ub=-1,
+                add_gt_as_proposals=False),
+            allowed_border=-1,
+            pos_weight=-1,
+            debug=False),
+        # Proposals handed to the RoI heads during training.
+        proposal_cfg=dict(
+            nms_pre=4000,
+            max_per_img=1000,
+            nms=dict(type='nms', iou_threshold=0.7),
+            min_bbox_size=0),
+        test_cfg=dict(
+            nms_pre=1000,
+            max_per_img=1000,
+            nms=dict(type='nms', iou_threshold=0.7),
+            min_bbox_size=0)),
+    roi_head=dict(
+        rcnn=dict(
+            type='CoStandardRoIHead',
+            bbox_roi_extractor=dict(
+                type='SingleRoIExtractor',
+                roi_layer=dict(
+                    type='RoIAlign', output_size=7, sampling_ratio=0),
+                out_channels=256,
+                featmap_strides=[4, 8, 16, 32, 64],
+                finest_scale=56),
+            bbox_head=dict(
+                type='Shared2FCBBoxHead',
+                in_channels=256,
+                fc_out_channels=1024,
+                roi_feat_size=7,
+                bbox_coder=dict(
+                    type='DeltaXYWHBBoxCoder',
+                    target_means=[0.0, 0.0, 0.0, 0.0],
+                    target_stds=[0.1, 0.1, 0.2, 0.2]),
+                reg_class_agnostic=False,
+                reg_decoded_bbox=True,
+                loss_cls=dict(
+                    type='CrossEntropyLoss',
+                    use_sigmoid=False,
+                    loss_weight=1.0 * aux_weight),
+                loss_bbox=dict(type='GIoULoss',
+                               loss_weight=10.0 * aux_weight)),
+            train_cfg=dict(
+                assigner=dict(
+                    type='MaxIoUAssigner',
+                    pos_iou_thr=0.5,
+                    neg_iou_thr=0.5,
+                    min_pos_iou=0.5,
+                    match_low_quality=False,
+                    ignore_iof_thr=-1),
+                sampler=dict(
+                    type='RandomSampler',
+                    num=512,
+                    pos_fraction=0.25,
+                    neg_pos_ub=-1,
+                    add_gt_as_proposals=True),
+                pos_weight=-1,
+                debug=False),
+            test_cfg=dict(
+                score_thr=0.0,
+                nms=dict(type='nms', iou_threshold=0.5),
+                max_per_img=100))),
+    bbox_head=dict(
+        atss=dict(
+            type='CoATSSHead',
+            in_channels=256,
+            stacked_convs=1,
+            feat_channels=256,
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                ratios=[1.0],
+                octave_base_scale=8,
+                scales_per_octave=1,
+                strides=[4, 8, 16, 32, 64, 128]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[0.0, 0.0, 0.0, 0.0],
+                target_stds=[0.1, 0.1, 0.2, 0.2]),
+            reg_decoded_bbox=True,
+            loss_cls=dict(
+                type='FocalLoss',
+                use_sigmoid=True,
+                gamma=2.0,
+                alpha=0.25,
+                loss_weight=1.0 * aux_weight),
+            loss_bbox=dict(type='GIoULoss', loss_weight=2.0 * aux_weight),
+            loss_centerness=dict(
+                type='CrossEntropyLoss',
+                use_sigmoid=True,
+                loss_weight=1.0 * aux_weight),
+            train_cfg=dict(
+                assigner=dict(type='ATSSAssigner', topk=9),
+                allowed_border=-1,
+                pos_weight=-1,
+                debug=False),
+            test_cfg=dict(
+                nms_pre=1000,
+                # no min_bbox_size: mmdet 2.x dense heads ignored it (only its
+                # RPN applied it), so the released test keeps the boxes that
+                # clipping to the image makes empty; mmdet 3.x would drop them.
+                score_thr=0.0,
+                nms=dict(type='nms', iou_threshold=0.6),
+                max_per_img=100))))

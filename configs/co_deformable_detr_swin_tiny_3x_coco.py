@@ -1,0 +1,19 @@
+# Co-Deformable-DETR Swin-T, 36 epochs on COCO 2017 (published: 54.1 box AP,
+# Sense-X/Co-DETR README). Released config: co_deformable_detr/
+# co_deformable_detr_swin_tiny_3x_coco.py: the 1x recipe with more stochastic
+# depth and the learning-rate step at epoch 30 of 36.
+_base_ = './co_deformable_detr_swin_tiny_1x_coco.py'
+
+model = dict(backbone=dict(drop_path_rate=0.3))
+
+max_epochs = 36
+train_cfg = dict(max_epochs=max_epochs)
+param_scheduler = [
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[30],
+        gamma=0.1)
+]

@@ -1,0 +1,19 @@
+# Co-DINO 5-scale Swin-L, 24 epochs on COCO 2017 with the DETR augmentation
+# (published: 59.8 box AP, Sense-X/Co-DETR README). Released config:
+# co_dino/co_dino_5scale_swin_large_2x_coco.py: the 1x recipe with more
+# stochastic depth and the learning-rate step at epoch 20 of 24.
+_base_ = './co_dino_5scale_swin_large_1x_coco.py'
+
+model = dict(backbone=dict(drop_path_rate=0.5))
+
+max_epochs = 24
+train_cfg = dict(max_epochs=max_epochs)
+param_scheduler = [
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[20],
+        gamma=0.1)
+]

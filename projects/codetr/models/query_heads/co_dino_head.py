@@ -1,0 +1,249 @@
+"""The query head of Co-DINO (spec section 9)."""
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from mmcv.ops import batched_nms
+from mmdet.models.dense_heads import DINOHead
+from mmdet.models.layers import CdnQueryGenerator, inverse_sigmoid
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmdet.utils import ConfigType, OptConfigType
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from .co_query_head_mixin import CoQueryHeadMixin
+
+
+@MODELS.register_module()
+class CoDINOHead(CoQueryHeadMixin, DINOHead):
+    """DINO head (two-stage, box refinement, contrastive denoising) with
+    customised positive queries.
+
+    Matching, main, encoder and denoising losses are mmdet's ``DINOHead``
+    (with QualityFocalLoss they use IoU-aware soft targets); the denoising
+    queries come from mmdet's ``CdnQueryGenerator``. Like
+    :class:`CoDeformDETRHead` this head owns its transformer, the
+    ``downsample`` that completes the auxiliary pyramid and the
+    auxiliary-query losses (:class:`CoQueryHeadMixin`). At test time an
+    ``nms`` entry in ``test_cfg`` (the released soft-NMS) is applied to the
+    top ``num_query`` (query, class) pairs before keeping ``max_per_img``.
+
+    Args:
+        transformer (dict): Config of ``CoDinoTransformer``.
+        positional_encoding (dict, optional): Config of the sine positional
+            encoding; defaults to ``num_feats=128, normalize=True,
+            temperature=20`` (offset 0).
+        num_query (int): Matching queries. Defaults to 900.
+        dn_cfg (dict, optional): ``CdnQueryGenerator`` arguments
+            (``label_noise_scale``, ``box_noise_scale``, ``group_cfg``);
+            ``num_classes``, ``embed_dims`` and ``num_matching_queries`` are
+            filled in. Defaults to label noise 0.5, box noise 1.0 and
+            ``100 // max_gt`` groups.
+        max_pos_coords (int): Upper bound of customised positive queries per
+            image and auxiliary head. Defaults to 300.
+        lambda_1 (float): Weight of the auxiliary-query losses.
+            Defaults to 1.0.
+        with_aux_pyramid (bool): Build the ``downsample``; set by ``CoDETR``.
+            Defaults to True.
+        **kwargs: ``DINOHead`` arguments (``num_classes``, ``embed_dims``,
+            losses, ``train_cfg``, ``test_cfg``...). The prediction-layer
+            layout is derived and must not be set.
+    """
+
+    # The released Co-DINO clamps references at 1e-3 before adding offsets.
+    ref_eps = 1e-3
+
+    def __init__(self,
+                 *args,
+                 transformer: ConfigType,
+                 positional_encoding: OptConfigType = None,
+                 num_query: int = 900,
+                 dn_cfg: OptConfigType = None,
+                 max_pos_coords: int = 300,
+                 lambda_1: float = 1.0,
+                 with_aux_pyramid: bool = True,
+                 **kwargs) -> None:
+        derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
+        set_by_user = [k for k in derived if k in kwargs]
+        if set_by_user:
+            raise ValueError(f'{set_by_user} are derived from the decoder; '
+                             'remove them from the query_head config.')
+        transformer = dict(transformer)
+        num_dec_layers = transformer['decoder']['num_layers']
+        self._init_co_attrs(num_query, max_pos_coords, lambda_1,
+                            with_aux_pyramid)
+        if positional_encoding is None:
+            positional_encoding = dict(
+                num_feats=128, normalize=True, temperature=20)
+        self._transformer_cfg = dict(
+            transformer,
+            positional_encoding=positional_encoding,
+            num_queries=num_query)
+        self._dn_cfg = dict(
+            label_noise_scale=0.5,
+            box_noise_scale=1.0,
+            group_cfg=dict(dynamic=True, num_groups=None,
+                           num_dn_queries=100))
+        self._dn_cfg.update(dn_cfg or {})
+        super().__init__(
+            *args,
+            share_pred_layer=False,
+            num_pred_layer=num_dec_layers + 1,
+            as_two_stage=True,
+            **kwargs)
+
+    def _init_layers(self) -> None:
+        """Branches (mmdet's), transformer, denoising generator (owns the
+        label embedding), downsample."""
+        super()._init_layers()
+        self.transformer = MODELS.build(self._transformer_cfg)
+        dims = self.transformer.embed_dims
+        if dims != self.embed_dims:
+            raise ValueError(f'query_head.embed_dims ({self.embed_dims}) must '
+                             f'equal the transformer width ({dims})')
+        self.dn_query_generator = CdnQueryGenerator(
+            num_classes=self.num_classes,
+            embed_dims=dims,
+            num_matching_queries=self.num_query,
+            **self._dn_cfg)
+        self._init_aux_pyramid()
+
+    def init_weights(self) -> None:
+        """mmdet's branch init, then the transformer's; the label
+        embedding keeps N(0, 1)."""
+        super().init_weights()
+        self.transformer.init_weights()
+
+    def forward(self, hidden_states: Tensor,
+                references: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class logits and boxes of every decoder layer.
+
+        mmdet's ``DeformableDETRHead.forward`` with the released DINO's
+        ``eps=1e-3`` in the inverse sigmoid of the references.
+
+        Args:
+            hidden_states (Tensor): (num_layers, bs, num_queries, dim).
+            references (list[Tensor]): num_layers + 1 tensors
+                (bs, num_queries, 4), normalised (cx, cy, w, h); layer l
+                refines ``references[l]``.
+
+        Returns:
+            tuple[Tensor, Tensor]: Logits (num_layers, bs, num_queries,
+            num_classes) and boxes (num_layers, bs, num_queries, 4)
+            normalised (cx, cy, w, h).
+        """
+        all_cls, all_coords = [], []
+        for layer_id, hidden in enumerate(hidden_states):
+            reference = inverse_sigmoid(
+                references[layer_id], eps=self.ref_eps)
+            all_cls.append(self.cls_branches[layer_id](hidden))
+            coords = self.reg_branches[layer_id](hidden) + reference
+            all_coords.append(coords.sigmoid())
+        return torch.stack(all_cls), torch.stack(all_coords)
+
+    def forward_transformer(self, mlvl_feats: Sequence[Tensor],
+                            batch_data_samples: SampleList) -> Dict:
+        """Encoder, query selection and decoder; in training mode with
+        ground truth, denoising queries are decoded with the matching ones.
+
+        Returns:
+            dict: The outputs of :meth:`encode` plus ``hidden_states``
+            (num_layers, bs, num_dn + num_query, dim), ``references`` (list
+            of num_layers + 1 tensors (bs, num_dn + num_query, 4)),
+            ``enc_outputs_class`` (bs, num_query, num_classes),
+            ``enc_outputs_coord`` (bs, num_query, 4) and ``dn_meta`` (None
+            without denoising).
+        """
+        enc = self.encode(mlvl_feats, batch_data_samples)
+        dn_label_query = dn_bbox_query = dn_mask = dn_meta = None
+        if self.training and all('gt_instances' in sample
+                                 for sample in batch_data_samples):
+            dn_label_query, dn_bbox_query, dn_mask, dn_meta = \
+                self.dn_query_generator(batch_data_samples)
+        decoder_inputs, enc_outputs = self.transformer.pre_decoder(
+            enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
+            self.cls_branches, self.reg_branches, dn_label_query,
+            dn_bbox_query)
+        hidden_states, references = self.transformer.forward_decoder(
+            **decoder_inputs,
+            **enc,
+            reg_branches=self.reg_branches,
+            self_attn_mask=dn_mask)
+        if dn_label_query is not None and dn_label_query.size(1) == 0:
+            # No ground truth in the batch: the label embedding gets no
+            # gradient, which DDP without find_unused_parameters rejects.
+            hidden_states = hidden_states + \
+                self.dn_query_generator.label_embedding.weight[0, 0] * 0.0
+        return dict(
+            enc,
+            hidden_states=hidden_states,
+            references=references,
+            dn_meta=dn_meta,
+            **enc_outputs)
+
+    def loss_by_outputs(self, outs: Dict,
+                        batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """Main, encoder and denoising losses (``dn_loss_*`` for the last
+        layer, ``d{i}.dn_loss_*`` for the others).
+
+        Args:
+            outs (dict): Output of :meth:`forward_transformer` in training
+                mode.
+            batch_data_samples (list[DetDataSample]): Ground truth and metas.
+
+        Returns:
+            dict[str, Tensor]: The head's losses.
+        """
+        if outs['dn_meta'] is None:
+            raise RuntimeError('CoDINOHead losses need denoising queries: '
+                               'run forward_transformer in training mode '
+                               'on samples with gt_instances')
+        return self.loss(outs['hidden_states'], outs['references'],
+                         outs['enc_outputs_class'], outs['enc_outputs_coord'],
+                         batch_data_samples, outs['dn_meta'])
+
+    def _predict_by_feat_single(self,
+                                cls_score: Tensor,
+                                bbox_pred: Tensor,
+                                img_meta: dict,
+                                rescale: bool = True) -> InstanceData:
+        """Detections of one image, with the test-time NMS if configured.
+
+        Without ``test_cfg.nms`` this is mmdet's top-``max_per_img`` over
+        the (query, class) scores. With it (the released config: soft-NMS,
+        IoU 0.8), as released: the top ``num_query`` pairs are decoded,
+        clamped to the image, rescaled, passed through class-wise
+        ``batched_nms`` and the first ``max_per_img`` are kept, with the
+        scores NMS returns.
+
+        Args:
+            cls_score (Tensor): (num_queries, num_classes) logits.
+            bbox_pred (Tensor): (num_queries, 4) normalised (cx, cy, w, h).
+            img_meta (dict): ``img_shape`` (h, w), ``scale_factor`` (w, h).
+            rescale (bool): Map boxes back to the original image.
+
+        Returns:
+            InstanceData: ``bboxes`` (n, 4) absolute (x1, y1, x2, y2),
+            ``scores`` (n, ), ``labels`` (n, ).
+        """
+        nms_cfg = self.test_cfg.get('nms')
+        if nms_cfg is None:
+            return super()._predict_by_feat_single(cls_score, bbox_pred,
+                                                   img_meta, rescale)
+        max_per_img = self.test_cfg.get('max_per_img', self.num_query)
+        img_h, img_w = img_meta['img_shape'][:2]
+        scores, indexes = cls_score.sigmoid().view(-1).topk(
+            min(self.num_query, cls_score.numel()))
+        labels = indexes % self.num_classes
+        bboxes = bbox_cxcywh_to_xyxy(bbox_pred[indexes // self.num_classes])
+        bboxes[:, 0::2] = (bboxes[:, 0::2] * img_w).clamp(min=0, max=img_w)
+        bboxes[:, 1::2] = (bboxes[:, 1::2] * img_h).clamp(min=0, max=img_h)
+        if rescale:
+            bboxes = bboxes / bboxes.new_tensor(
+                img_meta['scale_factor']).repeat((1, 2))
+        dets, keep = batched_nms(bboxes, scores, labels, nms_cfg)
+        return InstanceData(
+            bboxes=dets[:max_per_img, :4],
+            scores=dets[:max_per_img, 4],
+            labels=labels[keep][:max_per_img])

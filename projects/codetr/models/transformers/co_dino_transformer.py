@@ -1,0 +1,258 @@
+"""The Co-DINO transformer (spec section 9).
+
+Built on :class:`~.co_transformer_base.CoTransformerBase` (encoder side,
+mmdet's Deformable DETR stages) with mmdet's DINO decoder. What Co-DINO
+changes with respect to Co-Deformable-DETR:
+
+- query selection: the top ``num_queries`` encoder tokens by their maximum
+  class logit; the selected logits and boxes are the encoder outputs that
+  the encoder loss supervises (with real labels); the content queries are a
+  learnt embedding; denoising queries are prepended in training;
+- decoder: the positional query of every layer is an MLP of the sine
+  embedding of the current (valid-ratio-scaled) reference box, and all
+  layers share an output LayerNorm (mmdet's ``DinoTransformerDecoder``);
+- customised positive queries: content = LN(Linear(512 -> 256)(PE(box)));
+  no feature term and no head embedding (the decoder derives the
+  positional query from the reference box).
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from mmdet.models.layers import MLP, DinoTransformerDecoder, inverse_sigmoid
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptMultiConfig
+from mmengine.model import ModuleList
+from torch import Tensor, nn
+
+from .co_deformable_detr_layers import CoDeformableDetrTransformerDecoderLayer
+from .co_transformer_base import CoTransformerBase
+
+
+class CoDinoTransformerDecoder(DinoTransformerDecoder):
+    """mmdet's DINO decoder whose layers use
+    :class:`CoMultiScaleDeformableAttention` (fp32 sampling under autocast,
+    no host synchronisation).
+
+    The forward is mmdet's: per layer, query_pos = ``ref_point_head`` (MLP
+    512-256-256) of the sine embedding of the reference box scaled by the
+    valid ratios; box refinement with ``inverse_sigmoid(eps=1e-3)``; the
+    returned references are the refined boxes before detaching
+    (look-forward-twice) and the hidden states pass the shared ``norm``.
+    """
+
+    def _init_layers(self) -> None:
+        if self.post_norm_cfg is not None:
+            raise ValueError('DINO decoders have no post norm (they share an '
+                             'output norm): set decoder.post_norm_cfg=None')
+        self.layers = ModuleList(
+            CoDeformableDetrTransformerDecoderLayer(**self.layer_cfg)
+            for _ in range(self.num_layers))
+        self.embed_dims = dims = self.layers[0].embed_dims
+        self.ref_point_head = MLP(dims * 2, dims, dims, 2)
+        self.norm = nn.LayerNorm(dims)
+
+
+@MODELS.register_module()
+class CoDinoTransformer(CoTransformerBase):
+    """Encoder, top-k query selection, denoising and the DINO decoder.
+
+    Args:
+        encoder (dict): Config of ``CoDeformableDetrTransformerEncoder``.
+        decoder (dict): Config of :class:`CoDinoTransformerDecoder`.
+        positional_encoding (dict): Config of ``SinePositionalEncoding``.
+            Injected by the query head.
+        num_queries (int): Matching queries selected from the encoder.
+            Injected by the query head. Defaults to 900.
+        num_feature_levels (int): Encoder levels. Defaults to 5.
+        num_co_heads (int): Number of auxiliary heads that supply positive
+            coordinates; injected by the detector. Defaults to 0.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    decoder_type = CoDinoTransformerDecoder
+
+    def __init__(self,
+                 encoder: ConfigType,
+                 decoder: ConfigType,
+                 positional_encoding: ConfigType,
+                 num_queries: int = 900,
+                 num_feature_levels: int = 5,
+                 num_co_heads: int = 0,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(
+            encoder,
+            decoder,
+            positional_encoding,
+            num_queries=num_queries,
+            num_feature_levels=num_feature_levels,
+            num_co_heads=num_co_heads,
+            init_cfg=init_cfg)
+        dims = self.embed_dims
+        self.query_embedding = nn.Embedding(num_queries, dims)
+        # Content of the customised positive queries, one per auxiliary head.
+        self.aux_pos_trans = nn.ModuleList(
+            nn.Linear(dims * 2, dims) for _ in range(num_co_heads))
+        self.aux_pos_trans_norm = nn.ModuleList(
+            nn.LayerNorm(dims) for _ in range(num_co_heads))
+
+    def init_weights(self) -> None:
+        """The base init, then N(0, 1) content queries (as released)."""
+        super().init_weights()
+        nn.init.normal_(self.query_embedding.weight)
+
+    def pre_decoder(
+        self,
+        memory: Tensor,
+        memory_mask: Optional[Tensor],
+        spatial_shapes: Tensor,
+        cls_branches: nn.ModuleList,
+        reg_branches: nn.ModuleList,
+        dn_label_query: Optional[Tensor] = None,
+        dn_bbox_query: Optional[Tensor] = None,
+    ) -> Tuple[Dict, Dict]:
+        """Two-stage proposals, top-k selection, denoising queries.
+
+        Args:
+            memory (Tensor): Encoder output, (bs, num_feat_points, dim).
+            memory_mask (Tensor, optional): (bs, num_feat_points), True on
+                padding; None when no image of the batch is padded.
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            cls_branches, reg_branches (nn.ModuleList): The query head's
+                branches; index ``decoder.num_layers`` scores the proposals.
+            dn_label_query (Tensor, optional): Denoising content queries,
+                (bs, num_dn, dim), prepended to the matching queries.
+            dn_bbox_query (Tensor, optional): Their reference boxes as
+                inverse-sigmoid normalised (cx, cy, w, h), (bs, num_dn, 4).
+
+        Returns:
+            tuple[dict, dict]: Decoder inputs (``query`` (bs, num_dn +
+            num_queries, dim), ``reference_points`` (bs, num_dn +
+            num_queries, 4) normalised (cx, cy, w, h)) and the encoder
+            outputs of the selected tokens for the loss
+            (``enc_outputs_class`` (bs, num_queries, num_classes) logits,
+            ``enc_outputs_coord`` (bs, num_queries, 4) normalised
+            (cx, cy, w, h), both not detached).
+        """
+        self.check_num_tokens(memory)
+        output_memory, output_proposals = self.gen_encoder_output_proposals(
+            memory, memory_mask, spatial_shapes)
+        num_layers = self.decoder.num_layers
+        enc_outputs_class = cls_branches[num_layers](output_memory)
+        enc_outputs_coord_unact = reg_branches[num_layers](
+            output_memory) + output_proposals
+        # Multi-class selection: a token's score is its best class logit.
+        topk = torch.topk(
+            enc_outputs_class.max(-1)[0], self.num_queries, dim=1)[1]
+        topk_score = torch.gather(
+            enc_outputs_class, 1,
+            topk.unsqueeze(-1).expand(-1, -1, enc_outputs_class.size(-1)))
+        topk_coords_unact = torch.gather(
+            enc_outputs_coord_unact, 1,
+            topk.unsqueeze(-1).expand(-1, -1, 4))
+        topk_coords = topk_coords_unact.sigmoid()
+        reference_points = topk_coords_unact.detach()
+        query = self.query_embedding.weight.unsqueeze(0).expand(
+            memory.size(0), -1, -1)
+        if dn_label_query is not None:
+            query = torch.cat([dn_label_query, query], dim=1)
+            reference_points = torch.cat([dn_bbox_query, reference_points],
+                                         dim=1)
+        decoder_inputs = dict(
+            query=query, reference_points=reference_points.sigmoid())
+        enc_outputs = dict(
+            enc_outputs_class=topk_score, enc_outputs_coord=topk_coords)
+        return decoder_inputs, enc_outputs
+
+    def forward_decoder(self,
+                        query: Tensor,
+                        reference_points: Tensor,
+                        memory: Tensor,
+                        memory_mask: Optional[Tensor],
+                        spatial_shapes: Tensor,
+                        level_start_index: Tensor,
+                        valid_ratios: Tensor,
+                        reg_branches: nn.ModuleList,
+                        self_attn_mask: Optional[Tensor] = None,
+                        **kwargs) -> Tuple[Tensor, list]:
+        """Decode with box refinement.
+
+        Args:
+            query (Tensor): Content queries, (bs, num_queries, dim).
+            reference_points (Tensor): Initial boxes, normalised
+                (cx, cy, w, h), (bs, num_queries, 4).
+            memory ... valid_ratios: Encoder memory and its layout.
+            reg_branches (nn.ModuleList): Per-layer regression branches.
+            self_attn_mask (Tensor, optional): (num_queries, num_queries)
+                bool, True where attention is blocked.
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
+            num_queries, dim) after the shared norm, and ``[initial
+            reference, *per-layer references]``, each (bs, num_queries, 4).
+        """
+        hidden_states, references = self.decoder(
+            query=query,
+            value=memory,
+            key_padding_mask=memory_mask,
+            self_attn_mask=self_attn_mask,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reg_branches=reg_branches,
+            **kwargs)
+        return hidden_states, list(references)
+
+    def forward_aux(
+            self,
+            aux_coords: Sequence[Tensor],
+            aux_feats: Sequence[Tensor],
+            memory: Tensor,
+            memory_mask: Optional[Tensor],
+            spatial_shapes: Tensor,
+            level_start_index: Tensor,
+            valid_ratios: Tensor,
+            reg_branches: nn.ModuleList,
+            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
+        """Decode the customised positive queries of every auxiliary head.
+
+        Set k's content queries are LN_k(Linear_k(PE(box))) with PE the
+        512-d sine embedding of the box (mmdet's ``get_proposal_pos_embed``);
+        the released Co-DINO uses no feature term (``with_coord_feat=False``),
+        so ``aux_feats`` is ignored. All sets are decoded in one pass with a
+        block-diagonal self-attention mask, which computes what one pass per
+        set computes; the main and denoising queries are not part of it.
+
+        Args:
+            aux_coords (Sequence[Tensor]): Per set k, normalised
+                (cx, cy, w, h) boxes, (bs, N_k, 4).
+            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim);
+                unused.
+            memory ... valid_ratios: As in :meth:`forward_decoder`.
+            reg_branches (nn.ModuleList): Per-layer regression branches.
+            head_ids (Sequence[int], optional): The auxiliary head of each
+                set (selects its projection); defaults to 0, 1, ...
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
+            sum(N_k) queries in the order of the sets.
+        """
+        c = memory.size(-1)
+        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
+        queries = [
+            self.aux_pos_trans_norm[k](self.aux_pos_trans[k](
+                self.get_proposal_pos_embed(
+                    inverse_sigmoid(coords), num_pos_feats=c // 2)))
+            for k, coords in zip(head_ids, aux_coords)
+        ]
+        return self.forward_decoder(
+            torch.cat(queries, dim=1),
+            torch.cat(list(aux_coords), dim=1),
+            memory,
+            memory_mask,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            reg_branches,
+            self_attn_mask=self.block_diagonal_mask(
+                [coords.size(1) for coords in aux_coords], memory.device))

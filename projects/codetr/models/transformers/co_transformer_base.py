@@ -1,0 +1,138 @@
+"""What the Co-DETR transformers share: encoder side and decoder call.
+
+mmdet 3.x implements the Deformable DETR transformer stages
+(``pre_transformer -> forward_encoder -> pre_decoder -> forward_decoder``) as
+methods of its ``DeformableDETR`` detector. Co-DETR needs the transformer as
+a module of its own (the query head owns it, and the auxiliary decoding
+reuses it), so :class:`CoTransformerBase` hosts the same parameters under the
+same names and reuses mmdet's stage functions unchanged. Subclasses add the
+query selection (``pre_decoder``), their decoder and the decoding of the
+customised positive queries (``forward_aux``).
+"""
+from typing import Optional, Tuple, Type
+
+import torch
+from mmcv.ops import MultiScaleDeformableAttention
+from mmdet.models.detectors.deformable_detr import DeformableDETR
+from mmdet.models.layers import SinePositionalEncoding
+from mmdet.utils import ConfigType, OptMultiConfig
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
+
+
+class CoTransformerBase(BaseModule):
+    """Positional encoding, deformable encoder, two-stage proposals and the
+    decoder of a Co-DETR query head.
+
+    Parameter names follow mmdet's ``DeformableDETR`` (``level_embed``,
+    ``memory_trans_fc``, ...), so its stage functions can be reused.
+
+    Args:
+        encoder (dict): Config of ``CoDeformableDetrTransformerEncoder``.
+        decoder (dict): Config of the subclass's ``decoder_type``.
+        positional_encoding (dict): Config of ``SinePositionalEncoding``.
+            Injected by the query head.
+        num_queries (int): Queries selected from the encoder. Injected by the
+            query head.
+        num_feature_levels (int): Encoder levels. Defaults to 4.
+        num_co_heads (int): Number of auxiliary heads that supply positive
+            coordinates; injected by the detector. Defaults to 0.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    #: Decoder class, built from the ``decoder`` config.
+    decoder_type: Type[nn.Module]
+
+    # Reused verbatim from mmdet's Deformable DETR: they only read
+    # ``positional_encoding``, ``level_embed``, ``encoder``,
+    # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
+    pre_transformer = DeformableDETR.pre_transformer
+    forward_encoder = DeformableDETR.forward_encoder
+    gen_encoder_output_proposals = DeformableDETR.gen_encoder_output_proposals
+    get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
+    get_proposal_pos_embed = staticmethod(
+        DeformableDETR.get_proposal_pos_embed)
+
+    def __init__(self,
+                 encoder: ConfigType,
+                 decoder: ConfigType,
+                 positional_encoding: ConfigType,
+                 num_queries: int = 300,
+                 num_feature_levels: int = 4,
+                 num_co_heads: int = 0,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_queries = num_queries
+        self.num_feature_levels = num_feature_levels
+        self.num_co_heads = num_co_heads
+        self.as_two_stage = True  # read by the reused mmdet stages
+
+        self.positional_encoding = SinePositionalEncoding(
+            **positional_encoding)
+        self.encoder = CoDeformableDetrTransformerEncoder(**encoder)
+        self.decoder = self.decoder_type(**decoder)
+        self.embed_dims = dims = self.encoder.embed_dims
+        if self.positional_encoding.num_feats * 2 != dims:
+            raise ValueError('positional_encoding.num_feats must be half of '
+                             f'embed_dims ({dims}), got '
+                             f'{self.positional_encoding.num_feats}')
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, dims))
+        self.memory_trans_fc = nn.Linear(dims, dims)
+        self.memory_trans_norm = nn.LayerNorm(dims)
+
+    def init_weights(self) -> None:
+        """Xavier on every matrix, then MSDeformAttn's init, then level
+        embeddings N(0, 1) (spec 1.3)."""
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.init_weights()
+        nn.init.normal_(self.level_embed)
+
+    def check_num_tokens(self, memory: Tensor) -> None:
+        """Raise if the encoder gives fewer tokens than queries to select."""
+        if memory.size(1) < self.num_queries:
+            raise ValueError(
+                f'{self.num_queries} queries are selected from the encoder '
+                f'but the image gives only {memory.size(1)} feature points; '
+                'use larger images or fewer queries (num_query).')
+
+    def forward_decoder(self, query: Tensor, reference_points: Tensor,
+                        memory: Tensor, memory_mask: Optional[Tensor],
+                        spatial_shapes: Tensor, level_start_index: Tensor,
+                        valid_ratios: Tensor, reg_branches: nn.ModuleList,
+                        **kwargs) -> Tuple[Tensor, list]:
+        """Decode with box refinement (implemented by subclasses).
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
+            num_queries, dim) and ``[initial reference, *per-layer
+            references]``, each (bs, num_queries, 4) normalised
+            (cx, cy, w, h): the layout of mmdet's
+            ``DeformableDETRHead.forward``.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def block_diagonal_mask(set_sizes, device) -> Optional[Tensor]:
+        """Self-attention mask that keeps concatenated query sets apart.
+
+        Args:
+            set_sizes (Sequence[int]): Number of queries of each set.
+            device: Device of the mask.
+
+        Returns:
+            Tensor, optional: (sum, sum) bool, True where attention is
+            blocked (a query of another set); None for a single set.
+        """
+        if len(set_sizes) < 2:
+            return None
+        set_ids = torch.cat([
+            torch.full((size, ), k, device=device)
+            for k, size in enumerate(set_sizes)
+        ])
+        return set_ids[:, None] != set_ids[None, :]

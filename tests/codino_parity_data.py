@@ -1,0 +1,102 @@
+"""The golden outputs of the released Co-DINO code, and the model they need.
+
+``tests/data/parity/codino/`` is a copy of the project's Co-DINO golden data
+(``tests/data/parity/README.md``, section ``codino/``, says how the authors'
+code produced it): inputs, the losses (seeds 0 and 1) and detections of the
+released code, and every released parameter name with its shape. This
+module builds the codetr model that corresponds to it (the released Co-DINO
+R50 config with an R18 backbone and 2+2 transformer layers), fills its
+weights by released name (salt ``'#C'``) and turns the inputs into mmdet 3.x
+batches.
+"""
+import json
+import os.path as osp
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from codetr_testing import REPO_ROOT, build_model, load_config
+from mmdet.structures import DetDataSample
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from parity_data import fill
+
+CODINO_DIR = Path(__file__).resolve().parent / 'data' / 'parity' / 'codino'
+CODINO_CONFIG = osp.join(REPO_ROOT, 'configs', 'co_dino_5scale_r50_1x_coco.py')
+SALT = '#C'
+
+
+def golden() -> dict:
+    """``official_codino.json``: ``shapes`` and, per tag ``one``/``three``,
+    ``losses``, ``losses_seed1``, ``deterministic`` and ``pred``."""
+    with open(CODINO_DIR / 'official_codino.json') as f:
+        return json.load(f)
+
+
+def parity_model_cfg() -> ConfigDict:
+    """The released Co-DINO R50 config as the golden data changed it:
+    ResNet-18 without init, neck in_channels [64, 128, 256, 512], 2 encoder
+    (no checkpointing) and 2 decoder layers (auxiliary loss weights stay
+    x12), RoI head fc_out_channels 256."""
+    model = load_config(CODINO_CONFIG).model
+    model.backbone.depth = 18
+    model.backbone.init_cfg = None
+    model.neck.in_channels = [64, 128, 256, 512]
+    model.query_head.transformer.encoder.num_layers = 2
+    model.query_head.transformer.encoder.num_cp = 0
+    model.query_head.transformer.decoder.num_layers = 2
+    model.roi_head.rcnn.bbox_head.fc_out_channels = 256
+    return model
+
+
+def fill_by_released_name(model: torch.nn.Module) -> Dict[str, str]:
+    """Fill every floating tensor of ``model`` from its released name, as
+    the golden run did (0-d tensors and integer buffers keep their values).
+
+    Returns:
+        dict[str, str]: codetr name -> released name of every tensor.
+    """
+    from projects.codetr.checkpoint import to_released
+    names = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            released = to_released(name)
+            names[name] = released
+            if tensor.is_floating_point():
+                tensor.copy_(fill(released, tensor.detach().clone(), SALT))
+    return names
+
+
+def filled_model() -> Tuple[torch.nn.Module, Dict[str, str]]:
+    """The Co-DINO parity model with golden weights, in eval mode."""
+    model = build_model(parity_model_cfg())
+    return model, fill_by_released_name(model)
+
+
+def golden_batch(tag: str) -> Tuple[torch.Tensor, List[DetDataSample]]:
+    """The golden inputs of ``tag`` (``'one'``: image 0, ``'three'``: all).
+
+    Images are already normalised and padded to (288, 352); boxes are
+    absolute (x1, y1, x2, y2) in the input frame, scale factor 1; image 2
+    has no boxes.
+    """
+    data = torch.load(CODINO_DIR / 'inputs.pt', weights_only=True)
+    num_images = {'one': 1, 'three': 3}[tag]
+    inputs = data['img'][:num_images]
+    batch_shape = tuple(inputs.shape[-2:])
+    samples = []
+    for i in range(num_images):
+        h, w = data['sizes'][i]
+        sample = DetDataSample(
+            metainfo=dict(
+                img_id=i,
+                img_shape=(h, w),
+                ori_shape=(h, w),
+                pad_shape=batch_shape,
+                batch_input_shape=batch_shape,
+                scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=data['gts'][i].float().reshape(-1, 4),
+            labels=data['labels'][i].long())
+        samples.append(sample)
+    return inputs, samples
