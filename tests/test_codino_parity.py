@@ -26,9 +26,9 @@ from typing import Dict, List
 
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 from codino_parity_data import filled_model, golden, golden_batch
 from parity_data import detections_per_class
+from scipy.optimize import linear_sum_assignment
 
 from projects.codetr.checkpoint import from_released
 
@@ -212,8 +212,10 @@ def test_released_query_head_depends_on_the_batch(parity):
     """The fact behind BATCH_NOISE, read off the golden data: the released
     code's image 0 differs between its one- and three-image runs."""
     gold = parity[2]
-    worst = compare([
-        torch.tensor(c).reshape(-1, 5) for c in gold['three']['pred']['detr'][0]
-    ], gold['one']['pred']['detr'][0])
+    batched = [
+        torch.tensor(c).reshape(-1, 5)
+        for c in gold['three']['pred']['detr'][0]
+    ]
+    worst = compare(batched, gold['one']['pred']['detr'][0])
     assert worst['moved'] > 0 and worst['score'] > EXACT['score'], worst
     assert all(worst[k] <= BATCH_NOISE[k] for k in BATCH_NOISE), worst

@@ -70,16 +70,24 @@ def test_arms_differ_only_in_their_heads(tmp_path):
         atss=('bbox_head', ),
         rcnn=('rpn_head', 'roi_head'),
         k2=('rpn_head', 'roi_head', 'bbox_head'),
-        nopos=('rpn_head', 'roi_head', 'bbox_head'))
+        nopos=('rpn_head', 'roi_head', 'bbox_head'),
+        dino_k0=(),
+        dino_k2=('rpn_head', 'roi_head', 'bbox_head'))
     assert [
         arm for arm, cfg in cfgs.items() if not cfg['model']['with_pos_coord']
     ] == ['nopos']
+    # Co-DINO and Co-Deformable-DETR arms: the same data, schedule, seed
+    for key in ('train_dataloader', 'val_dataloader', 'train_cfg',
+                'param_scheduler', 'randomness', 'val_evaluator'):
+        assert cfgs['dino_k2'][key] == cfgs['k2'][key], key
     for cfg in cfgs.values():
         for head in HEADS:
             del cfg['model'][head]
-    reference = cfgs['k2']
-    for arm, cfg in cfgs.items():
-        assert cfg == reference, arm
+    # within a family, only the auxiliary heads differ
+    for family, reference in ((conv.DEFAULT_ARMS, 'k2'),
+                              (('dino_k0', 'dino_k2'), 'dino_k2')):
+        for arm in family:
+            assert cfgs[arm] == cfgs[reference], arm
 
 
 def _scalars(path, lines):

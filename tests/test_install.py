@@ -62,7 +62,8 @@ def test_custom_imports_registers_plugin(run_python, tmp_path):
     result = _last_json(proc.stdout)
     assert result['imported']
     assert result['custom_imports'] == ['projects.codetr']
-    assert result['detector_module'] == 'projects.codetr.models.detectors.co_detr'
+    assert result['detector_module'] == \
+        'projects.codetr.models.detectors.co_detr'
 
 
 def _without_plugin(code: str, tools_dir: Path) -> str:

@@ -38,7 +38,8 @@ def test_co_msda_matches_mmcv(ref_dims):
 
 
 def test_msda_samples_in_fp32_under_autocast(monkeypatch):
-    import projects.codetr.models.transformers.co_deformable_detr_layers as layers
+    from projects.codetr.models.transformers import \
+        co_deformable_detr_layers as layers
     seen = []
     original = layers.multi_scale_deformable_attn_pytorch
 

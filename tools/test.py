@@ -139,6 +139,7 @@ def main() -> None:
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     runner.test()
+    cli_support.finish_distributed()
 
 
 if __name__ == '__main__':

@@ -105,6 +105,7 @@ def main() -> None:
         cli_support.prepare_run(cfg, loaders, args.launcher,
                                 check_data=not args.skip_data_check)
     cli_support.build_runner(cfg).train()
+    cli_support.finish_distributed()
 
 
 if __name__ == '__main__':

@@ -167,6 +167,15 @@ def progress_text(status: dict, results: Dict[str, dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def model_family(arms) -> str:
+    """The detector the arms train, for titles: Co-DINO for the ``dino_*``
+    arms, Co-Deformable-DETR for the others, Co-DETR for a mix."""
+    dino = {arm.startswith('dino_') for arm in arms}
+    if dino == {True}:
+        return 'Co-DINO'
+    return 'Co-Deformable-DETR' if dino == {False} else 'Co-DETR'
+
+
 def write_atomic(path: str, text: str) -> None:
     """Replace ``path`` at once, so a poller never reads half a file."""
     tmp = f'{path}.{os.getpid()}.tmp'  # --summarize-only may run meanwhile
@@ -207,8 +216,8 @@ def summarize(work: str, plot: bool = True) -> bool:
         out=osp.join(work, 'convergence.png'),
         loss_title='total training loss (auxiliary losses included)',
         metric_title='COCO box mAP on val',
-        suptitle=f"Co-Deformable-DETR R18 from scratch, shapes data, "
-        f"{status['settings']['iters']} iterations")
+        suptitle=f"{model_family(list(results))} R18 from scratch, shapes "
+        f"data, {status['settings']['iters']} iterations")
     print(md)
     print(f'wrote {work}/convergence.md, convergence.json, convergence.png')
     return all(r['state'] == 'done' for r in results.values())

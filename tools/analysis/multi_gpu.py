@@ -41,7 +41,9 @@ Usage::
 
     python tools/analysis/multi_gpu.py [WORK] [--checks scaling ...]
 
-About 10 minutes on two H100s.
+Not yet run on GPUs (no machine with two GPUs was lent when it was
+written), so its duration is unknown; every check starts its processes
+with timeouts.
 """
 import argparse
 import json

@@ -101,11 +101,10 @@ class Dist:
 def build(args: argparse.Namespace, dist: Dist):
     """Model (seeded random weights, DDP-wrapped when distributed) and its
     optim wrapper, both as the runner would build them from the config."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.model import MMDistributedDataParallel
     from mmengine.optim import build_optim_wrapper
-
-    from mmdet.registry import MODELS
     cfg = Config.fromfile(args.config, format_python_code=False)
     cfg.model.backbone.init_cfg = None  # offline: no pretrained download
     torch.manual_seed(0)  # same initial weights on every rank and run
@@ -140,9 +139,8 @@ def make_images(indices: List[int], size, boxes: int, num_classes: int,
                 empty: bool = False) -> dict:
     """Generated images (uint8, CHW) and boxes (xyxy, pixels); image ``i``
     is the same whichever process makes it."""
-    from mmengine.structures import InstanceData
-
     from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
     h, w = size
     inputs, samples = [], []
     for i in indices:

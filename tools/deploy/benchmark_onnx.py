@@ -36,6 +36,10 @@ def parse_args() -> argparse.Namespace:
                         metavar=('H', 'W'))
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--no-tf32', action='store_true',
+                        help='PyTorch on the GPU without TF32 convolutions '
+                        'and matrix products (strict fp32, for comparing '
+                        'against ONNX Runtime)')
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for both runtimes (0: default)')
     return parser.parse_args()
@@ -61,6 +65,9 @@ def main() -> None:
     from projects.codetr.deploy.export import load_detector
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     cfg = Config.fromfile(args.config)
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)

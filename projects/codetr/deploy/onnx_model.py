@@ -95,7 +95,9 @@ class CoDETROnnxModel(nn.Module):
                 n_out = feat_hw[axis]
                 index = torch.arange(n_out).to(torch.float32)
                 index = torch.floor(index * (n_in / n_out.to(torch.float32)))
-                src.append(torch.minimum(index, n_in - 1))
+                # shapes are read as CPU tensors; the sizes live with the
+                # images (on the GPU when the model runs there)
+                src.append(torch.minimum(index, n_in - 1).to(sizes.device))
             pad_rows = src[0][None, :] >= sizes[:, :1]  # (bs, h_l)
             pad_cols = src[1][None, :] >= sizes[:, 1:]  # (bs, w_l)
             masks.append(pad_rows[:, :, None] | pad_cols[:, None, :])
@@ -123,7 +125,9 @@ class CoDETROnnxModel(nn.Module):
                 transformer.level_embed[lvl].view(1, 1, -1))
             mask_flat.append(mask.flatten(1))
             shapes.append(torch._shape_as_tensor(feat)[2:])
-        spatial_shapes = torch.stack(shapes)  # (num_levels, 2), int64
+        # (num_levels, 2), int64, on the features' device: mmcv's CUDA
+        # deformable attention reads it there
+        spatial_shapes = torch.stack(shapes).to(feats[0].device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(
             (1, )), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack(

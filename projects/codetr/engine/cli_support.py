@@ -91,3 +91,16 @@ def build_runner(cfg: Config):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    Left to interpreter exit, gloo's threads can be destroyed while a rank
+    still uses them ("terminate called without an active exception",
+    SIGABRT), and the launcher then reports a finished run as failed.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
