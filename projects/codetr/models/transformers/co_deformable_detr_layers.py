@@ -9,7 +9,7 @@ Subclasses of mmdet's Deformable DETR encoder/decoder and of mmcv's
   first ``num_cp`` layers with ``torch.utils.checkpoint`` (no fairscale);
 - :class:`CoDeformableDetrTransformerDecoder`: look-forward-twice.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from mmcv.cnn import build_norm_layer
@@ -25,6 +25,28 @@ from mmdet.models.layers import (DeformableDetrTransformerDecoder,
 from mmengine.model import ModuleList
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+
+def host_level_sizes(
+        spatial_shapes: Tensor) -> Union[Tensor, List[Tuple[int, int]]]:
+    """The (h, w) of every level as Python ints, read back in one go.
+
+    mmdet's stage functions (encoder reference points, two-stage
+    proposals) loop over the (num_levels, 2) tensor and read each h and w
+    on its own: on a GPU two host-device synchronisations per level, one
+    ``tolist`` is one. While tracing (ONNX export) the tensor is returned
+    unchanged, so the sizes stay dynamic in the graph.
+
+    Args:
+        spatial_shapes (Tensor): (num_levels, 2) int64 as (h, w).
+
+    Returns:
+        list[tuple[int, int]] | Tensor: The sizes, or ``spatial_shapes``
+        itself while tracing.
+    """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return spatial_shapes
+    return [(h, w) for h, w in spatial_shapes.tolist()]
 
 
 class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
@@ -164,7 +186,8 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
                 **kwargs) -> Tensor:
         """Encode flattened features (bs, num_feat_points, dims)."""
         reference_points = self.get_encoder_reference_points(
-            spatial_shapes, valid_ratios, device=query.device)
+            host_level_sizes(spatial_shapes), valid_ratios,
+            device=query.device)
         inputs = dict(
             query_pos=query_pos,
             key_padding_mask=key_padding_mask,

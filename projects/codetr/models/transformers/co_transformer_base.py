@@ -19,7 +19,8 @@ from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
+from .co_deformable_detr_layers import (CoDeformableDetrTransformerEncoder,
+                                        host_level_sizes)
 
 
 class CoTransformerBase(BaseModule):
@@ -50,7 +51,6 @@ class CoTransformerBase(BaseModule):
     # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
     pre_transformer = DeformableDETR.pre_transformer
     forward_encoder = DeformableDETR.forward_encoder
-    gen_encoder_output_proposals = DeformableDETR.gen_encoder_output_proposals
     get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
     get_proposal_pos_embed = staticmethod(
         DeformableDETR.get_proposal_pos_embed)
@@ -92,6 +92,15 @@ class CoTransformerBase(BaseModule):
             if isinstance(m, MultiScaleDeformableAttention):
                 m.init_weights()
         nn.init.normal_(self.level_embed)
+
+    def gen_encoder_output_proposals(
+            self, memory: Tensor, memory_mask: Optional[Tensor],
+            spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+        """mmdet's two-stage proposals, with the level sizes read back once
+        (:func:`host_level_sizes`) instead of twice per level; the same
+        values."""
+        return DeformableDETR.gen_encoder_output_proposals(
+            self, memory, memory_mask, host_level_sizes(spatial_shapes))
 
     def check_num_tokens(self, memory: Tensor) -> None:
         """Raise if the encoder gives fewer tokens than queries to select."""

@@ -1,0 +1,185 @@
+"""Where a Co-DETR training step reads tensors back to the host.
+
+On a GPU every scalar read (``.item()``, ``bool(t)``, ``int(t)``,
+``.tolist()``), every ``nonzero``-like op whose output size depends on the
+data and every device-to-host copy waits for the GPU: the step becomes
+bound by these synchronisations, not by arithmetic (issue 13). The ops that
+cause them are dispatched the same way on the CPU, so this script counts
+them on any machine: it runs one training step under ``torch.profiler``
+with Python calls recorded and attributes each such op to the innermost
+function of ``projects/codetr``, mmdet, mmcv, mmengine or torch that
+called it.
+
+Usage::
+
+    python tools/analysis/count_host_syncs.py [CONFIG] [--size 256 320]
+        [--batch-size 2] [--boxes 10] [--top 25] [--device cpu]
+
+Prints the number of host reads per step, by op and by source line. The
+counts depend on the data (numbers of boxes and positives), not on the
+image size; times are not measured here. Not counted: device-to-host
+copies (``.cpu()``, e.g. of the Hungarian cost matrices) are no-ops on the
+CPU, so each of those adds one more wait per call on a GPU; mmcv's
+PyTorch deformable attention, which runs only without CUDA, is counted
+apart.
+"""
+import argparse
+import collections
+import os.path as osp
+import re
+import sys
+from typing import Tuple
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from _plugin import REPO_ROOT, import_plugin  # noqa: E402
+
+# ops that make the host wait for the device (CUDA) when run on it
+SYNC_OPS = {
+    'aten::_local_scalar_dense': 'scalar read (.item(), bool, int, tolist)',
+    'aten::nonzero': 'nonzero (data-dependent size)',
+    'aten::masked_select': 'masked_select (data-dependent size)',
+    'aten::unique': 'unique (data-dependent size)',
+    'aten::_unique2': 'unique (data-dependent size)',
+    'aten::repeat_interleave': 'repeat_interleave (data-dependent size)',
+}
+# a frame of one of these packages names where a read comes from
+SOURCES = ('projects/codetr/', 'mmdet/', 'mmcv/', 'mmengine/', 'torch/')
+# mmcv's PyTorch deformable attention runs only without CUDA (on a GPU its
+# CUDA op reads nothing back): its reads are reported apart
+CPU_ONLY = 'mmcv/ops/multi_scale_deform_attn.py'
+FRAME = re.compile(r'^(?P<file>.*?)\((?P<line>\d+)\): (?P<func>.*)$')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument(
+        'config',
+        nargs='?',
+        default=osp.join(REPO_ROOT, 'configs',
+                         'co_deformable_detr_r50_1x_coco.py'))
+    parser.add_argument('--size', type=int, nargs=2, default=(256, 320),
+                        metavar=('H', 'W'))
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--boxes', type=int, default=10,
+                        help='random ground-truth boxes per image')
+    parser.add_argument('--top', type=int, default=25,
+                        help='source lines to list')
+    parser.add_argument('--device', default='cpu')
+    return parser.parse_args()
+
+
+def build(config: str, device: str) -> torch.nn.Module:
+    """The config's model with the random weights of its constructors (no
+    backbone download; ``init_weights`` is skipped, its log is long and the
+    counts depend on the data, not on the weights)."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    cfg = Config.fromfile(config, format_python_code=False)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    return model.to(device).train()
+
+
+def batch(model, size, batch_size: int, boxes: int):
+    """Random images and ``boxes`` random boxes per image, preprocessed."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(0)
+    h, w = size
+    samples = []
+    for i in range(batch_size):
+        xy = torch.rand(boxes, 2, generator=gen) * torch.tensor([w, h]) * .7
+        wh = (torch.rand(boxes, 2, generator=gen) * 0.25 + 0.05) * \
+            torch.tensor([w, h])
+        sample = DetDataSample(metainfo=dict(
+            img_id=i, img_shape=(h, w), ori_shape=(h, w),
+            pad_shape=(h, w), batch_input_shape=(h, w),
+            scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, 80, (boxes, ), generator=gen))
+        samples.append(sample)
+    data = dict(
+        inputs=[torch.randint(0, 256, (3, h, w), generator=gen,
+                              dtype=torch.uint8) for _ in samples],
+        data_samples=samples)
+    data = model.data_preprocessor(data, True)
+    return data['inputs'], data['data_samples']
+
+
+def source_of(event) -> str:
+    """The innermost Python function of projects/codetr, mmdet, mmcv or
+    mmengine (else of torch) that the op was called from, as
+    ``package/file:line (function)``, the line being where the function is
+    defined: the profiler records Python calls as events named
+    ``file(line): function`` around the ops they dispatch."""
+    fallback = '(other)'
+    while event is not None:
+        match = FRAME.match(event.name)
+        path = match['file'].replace('\\', '/') if match else ''
+        for source in SOURCES:
+            if source in path:
+                where = (f"{source}{path.split(source, 1)[1]}:"
+                         f"{match['line']} ({match['func']})")
+                if source != 'torch/':
+                    return where
+                if fallback == '(other)':
+                    fallback = where
+        event = event.cpu_parent
+    return fallback
+
+
+def count_host_reads(step) -> Tuple[collections.Counter, collections.Counter]:
+    """Run ``step()`` once under the profiler and count its host reads.
+
+    Returns:
+        tuple[Counter, Counter]: Counts by op name and by (source, op name).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        step()
+    by_op = collections.Counter()
+    by_line = collections.Counter()
+    for event in prof.events():
+        if event.name in SYNC_OPS:
+            by_op[event.name] += 1
+            by_line[(source_of(event), event.name)] += 1
+    return by_op, by_line
+
+
+def main() -> None:
+    args = parse_args()
+    import_plugin()
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    model = build(args.config, args.device)
+    inputs, samples = batch(model, args.size, args.batch_size, args.boxes)
+    inputs = inputs.to(args.device)
+
+    def step():
+        loss, _ = model.parse_losses(model.loss(inputs, samples))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up: lazy initialisation outside the count
+    by_op, by_line = count_host_reads(step)
+    total = sum(by_op.values())
+    cpu_only = sum(n for (where, _), n in by_line.items() if CPU_ONLY in where)
+    print(f'{osp.relpath(args.config, REPO_ROOT)}: batch {args.batch_size} '
+          f'x {args.size[0]}x{args.size[1]}, {args.boxes} boxes per image, '
+          f'one training step (forward, losses, backward)')
+    print(f'{total} host reads per step, {cpu_only} of them in mmcv\'s '
+          f'PyTorch deformable attention (CPU only): {total - cpu_only} on '
+          'a GPU')
+    for op, n in by_op.most_common():
+        print(f'  {n:5d}  {SYNC_OPS[op]}')
+    print(f'\ntop {args.top} source lines:')
+    for (where, op), n in by_line.most_common(args.top):
+        print(f'  {n:5d}  {op.split("::")[1]:24s} {where}')
+
+
+if __name__ == '__main__':
+    main()
