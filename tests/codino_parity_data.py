@@ -18,8 +18,7 @@ import torch
 from codetr_testing import REPO_ROOT, build_model, load_config
 from mmdet.structures import DetDataSample
 from mmengine.config import ConfigDict
-from mmengine.structures import InstanceData
-from parity_data import fill
+from parity_data import fill_by_released_name, golden_sample
 
 CODINO_DIR = Path(__file__).resolve().parent / 'data' / 'parity' / 'codino'
 CODINO_CONFIG = osp.join(REPO_ROOT, 'configs', 'co_dino_5scale_r50_1x_coco.py')
@@ -49,28 +48,10 @@ def parity_model_cfg() -> ConfigDict:
     return model
 
 
-def fill_by_released_name(model: torch.nn.Module) -> Dict[str, str]:
-    """Fill every floating tensor of ``model`` from its released name, as
-    the golden run did (0-d tensors and integer buffers keep their values).
-
-    Returns:
-        dict[str, str]: codetr name -> released name of every tensor.
-    """
-    from projects.codetr.checkpoint import to_released
-    names = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            released = to_released(name)
-            names[name] = released
-            if tensor.is_floating_point():
-                tensor.copy_(fill(released, tensor.detach().clone(), SALT))
-    return names
-
-
 def filled_model() -> Tuple[torch.nn.Module, Dict[str, str]]:
     """The Co-DINO parity model with golden weights, in eval mode."""
     model = build_model(parity_model_cfg())
-    return model, fill_by_released_name(model)
+    return model, fill_by_released_name(model, SALT)
 
 
 def golden_batch(tag: str) -> Tuple[torch.Tensor, List[DetDataSample]]:
@@ -83,20 +64,9 @@ def golden_batch(tag: str) -> Tuple[torch.Tensor, List[DetDataSample]]:
     data = torch.load(CODINO_DIR / 'inputs.pt', weights_only=True)
     num_images = {'one': 1, 'three': 3}[tag]
     inputs = data['img'][:num_images]
-    batch_shape = tuple(inputs.shape[-2:])
-    samples = []
-    for i in range(num_images):
-        h, w = data['sizes'][i]
-        sample = DetDataSample(
-            metainfo=dict(
-                img_id=i,
-                img_shape=(h, w),
-                ori_shape=(h, w),
-                pad_shape=batch_shape,
-                batch_input_shape=batch_shape,
-                scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=data['gts'][i].float().reshape(-1, 4),
-            labels=data['labels'][i].long())
-        samples.append(sample)
+    samples = [
+        golden_sample(i, data['sizes'][i], tuple(inputs.shape[-2:]),
+                      data['gts'][i], data['labels'][i])
+        for i in range(num_images)
+    ]
     return inputs, samples

@@ -54,11 +54,13 @@ def parity_model_cfg() -> ConfigDict:
     return model
 
 
-def fill_by_released_name(model: torch.nn.Module) -> Dict[str, str]:
+def fill_by_released_name(model: torch.nn.Module,
+                          salt: str = '') -> Dict[str, str]:
     """Fill every floating tensor of ``model`` as the golden data did.
 
-    Each tensor is filled by ``fill.py`` from its released name (0-d
-    tensors and integer buffers keep their values, as in the golden run).
+    Each tensor is filled by ``fill.py`` from its released name and
+    ``salt`` (0-d tensors and integer buffers keep their values, as in the
+    golden run).
 
     Returns:
         dict[str, str]: codetr name -> released name of every tensor.
@@ -70,7 +72,7 @@ def fill_by_released_name(model: torch.nn.Module) -> Dict[str, str]:
             released = to_released(name)
             names[name] = released
             if tensor.is_floating_point():
-                tensor.copy_(fill(released, tensor.detach().clone()))
+                tensor.copy_(fill(released, tensor.detach().clone(), salt))
     return names
 
 
@@ -88,22 +90,32 @@ def golden_batch(num_images: int) -> Tuple[torch.Tensor, List]:
     """
     data = torch.load(PARITY_DIR / 'inputs.pt', weights_only=True)
     inputs = data['img'][:num_images]
-    batch_shape = tuple(inputs.shape[-2:])
-    samples = []
-    for i in range(num_images):
-        h, w = data['metas'][i]
-        sample = DetDataSample(
-            metainfo=dict(
-                img_id=i,
-                img_shape=(h, w),
-                ori_shape=(h, w),
-                pad_shape=batch_shape,
-                batch_input_shape=batch_shape,
-                scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=data['gts'][i].float(), labels=data['labels'][i].long())
-        samples.append(sample)
+    samples = [
+        golden_sample(i, data['metas'][i], tuple(inputs.shape[-2:]),
+                      data['gts'][i], data['labels'][i])
+        for i in range(num_images)
+    ]
     return inputs, samples
+
+
+def golden_sample(img_id: int, size, batch_shape: tuple,
+                  boxes: torch.Tensor,
+                  labels: torch.Tensor) -> DetDataSample:
+    """A data sample as the golden runs' metas describe it: ``img_shape``
+    = ``ori_shape`` = ``size`` (h, w), padded to ``batch_shape``, scale
+    factor 1; ``boxes`` absolute (x1, y1, x2, y2) in the input frame."""
+    h, w = size
+    sample = DetDataSample(
+        metainfo=dict(
+            img_id=img_id,
+            img_shape=(h, w),
+            ori_shape=(h, w),
+            pad_shape=batch_shape,
+            batch_input_shape=batch_shape,
+            scale_factor=(1.0, 1.0)))
+    sample.gt_instances = InstanceData(
+        bboxes=boxes.float().reshape(-1, 4), labels=labels.long())
+    return sample
 
 
 def deterministic_keys(num_images: int) -> List[str]:
