@@ -23,7 +23,6 @@ Choices that matter for training and evaluation:
   index])``: an image depends only on (config, split, index), not on the
   order or number of worker processes, and the splits never share images.
 """
-import colorsys
 import hashlib
 import json
 import math
@@ -40,22 +39,24 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-SHAPES_CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'star',
-                                   'cross', 'ring')
-# Base colour (RGB) of each class; hues are >= 40 degrees apart, more than
-# twice the per-object hue jitter.
-SHAPES_PALETTE: List[Tuple[int, int, int]] = [(220, 40, 40), (40, 170, 60),
-                                              (40, 80, 230), (240, 200, 30),
-                                              (190, 50, 200), (30, 200, 210)]
+try:  # as projects.codetr.datasets.synthetic_shapes
+    from . import shapes_drawing as drawing
+except ImportError:  # as a top-level module (tools/generate_shapes_dataset.py)
+    import shapes_drawing as drawing
+
+SHAPES_CLASSES = drawing.SHAPES_CLASSES
+SHAPES_PALETTE = drawing.SHAPES_PALETTE
+
 # For configs: ``metainfo=SHAPES_METAINFO``. mmdet's visualizer needs the
 # palette as a list (a tuple is read as one colour for all classes).
 SHAPES_METAINFO = dict(classes=SHAPES_CLASSES, palette=SHAPES_PALETTE)
 
 META_FILE = 'shapes_meta.json'
-# Any edit of this file changes the data, so an existing dataset is reused
-# only if it was drawn by the same source.
-with open(__file__, 'rb') as _f:
-    GENERATOR_VERSION = hashlib.sha1(_f.read()).hexdigest()[:12]
+# Any edit of this file or of the drawing module changes the data, so an
+# existing dataset is reused only if it was drawn by the same source.
+_SOURCES = (__file__, drawing.__file__)
+GENERATOR_VERSION = hashlib.sha1(b''.join(
+    open(path, 'rb').read() for path in _SOURCES)).hexdigest()[:12]
 _IMAGE_NAME = re.compile(r'^\d{6}\.jpg$')
 _MAX_SIZE_FRAC = 0.5  # largest object / shorter image side
 
@@ -108,97 +109,6 @@ class ShapesConfig:
                              '[0, 1].')
 
 
-# ----------------------------------------------------------------- shapes --
-def _regular(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
-    angles = phase + 2 * np.pi * np.arange(n) / n
-    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _unit_shape(name: str, rng: np.random.Generator,
-                n_round: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Outline (and hole) of a shape around the origin, about [-1, 1]^2.
-
-    Returns:
-        tuple: ``(outer, hole)``, float arrays of shape (N, 2) as (x, y);
-        ``hole`` is None except for the ring.
-    """
-    if name == 'circle':
-        return _regular(n_round), None
-    if name == 'square':
-        return _regular(4, phase=np.pi / 4), None
-    if name == 'triangle':
-        return _regular(3, phase=-np.pi / 2), None
-    if name == 'star':
-        pts = _regular(10, phase=-np.pi / 2)
-        pts[1::2] *= rng.uniform(0.38, 0.5)
-        return pts, None
-    if name == 'cross':
-        a = rng.uniform(0.25, 0.38)  # half width of an arm
-        return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a),
-                         (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a),
-                         (-a, -a)],
-                        dtype=np.float64), None
-    if name == 'ring':
-        return _regular(n_round), _regular(n_round, rng.uniform(0.45, 0.65))
-    raise ValueError(f'Unknown shape {name!r}; known: {SHAPES_CLASSES}.')
-
-
-def _object_color(rng: np.random.Generator, label: int,
-                  color_noise: float) -> np.ndarray:
-    """Jittered class colour, RGB floats in [0, 1]."""
-    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in SHAPES_PALETTE[label]))
-    h = rng.uniform() if rng.uniform() < color_noise else \
-        (h + rng.uniform(-0.025, 0.025)) % 1.0
-    s = float(np.clip(s * rng.uniform(0.8, 1.05), 0.55, 1.0))
-    v = float(np.clip(v * rng.uniform(0.75, 1.05), 0.5, 1.0))
-    return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
-
-
-# ------------------------------------------------------------- background --
-def _muted(rng: np.random.Generator) -> np.ndarray:
-    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.45),
-                              rng.uniform(0.15, 0.95))
-    return np.array(rgb, dtype=np.float32)
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Random texture, float32 RGB (h, w, 3) in [0, 1]."""
-    c1, c2 = _muted(rng), _muted(rng)
-    yy, xx = np.ogrid[0:h, 0:w]
-    theta = rng.uniform(0, np.pi)
-    u = (xx * np.cos(theta) + yy * np.sin(theta)).astype(np.float32)
-    kind = rng.choice(['gradient', 'noise', 'stripes', 'checker', 'blobs'])
-    if kind == 'gradient':
-        t = (u - u.min()) / max(float(u.max() - u.min()), 1.0)
-    elif kind == 'noise':
-        cell = rng.uniform(8, 80)
-        low = rng.uniform(size=(int(h / cell) + 2, int(w / cell) + 2))
-        t = np.clip(
-            cv2.resize(
-                low.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC),
-            0, 1)
-    elif kind == 'stripes':
-        t = 0.5 + 0.5 * np.sin(u * (2 * np.pi / rng.uniform(6, 60)))
-        if rng.uniform() < 0.5:  # hard-edged stripes
-            t = (t > 0.5).astype(np.float32)
-    elif kind == 'checker':
-        cell = rng.uniform(8, 64)
-        v = (-xx * np.sin(theta) + yy * np.cos(theta)).astype(np.float32)
-        t = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
-    else:  # blobs: blurred ellipses, clutter that is not a class shape
-        img = np.empty((h, w, 3), np.float32)
-        img[:] = c1
-        for _ in range(rng.integers(5, 25)):
-            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            axes = (int(rng.integers(4, max(5, w // 4))),
-                    int(rng.integers(4, max(5, h // 4))))
-            cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360,
-                        _muted(rng).tolist(), -1, cv2.LINE_AA)
-        return cv2.GaussianBlur(img, (0, 0), rng.uniform(2, 6))
-    t = np.broadcast_to(t, (h, w))[..., None]
-    return (c1 * (1 - t) + c2 * t).astype(np.float32)
-
-
 # ----------------------------------------------------------------- images --
 def _n_empty(num_images: int, fraction: float) -> int:
     if fraction <= 0 or num_images == 0:
@@ -242,7 +152,7 @@ def render_image(cfg: ShapesConfig, split: str, index: int,
     h, w = (round(long_side), round(short_side))
     if rng.uniform() < 0.5:
         h, w = w, h
-    img = _background(rng, h, w)
+    img = drawing.background(rng, h, w)
     owner = np.full((h, w), -1, np.int32)  # index of the object on top
     objects: List[dict] = []
     full_px: List[int] = []
@@ -278,7 +188,7 @@ def _place_object(rng: np.random.Generator, cfg: ShapesConfig, img: np.ndarray,
     Returns the annotation, or None if no position was found.
     """
     h, w = owner.shape
-    outer, hole = _unit_shape(
+    outer, hole = drawing.unit_shape(
         SHAPES_CLASSES[label], rng, n_round=int(np.clip(size * 0.8, 16, 64)))
     stretch = math.exp(rng.uniform(-1, 1) * math.log(1.35))
     rot = rng.uniform(0, 2 * np.pi)
@@ -291,7 +201,7 @@ def _place_object(rng: np.random.Generator, cfg: ShapesConfig, img: np.ndarray,
     outer = (outer - lo) * scale
     hole = None if hole is None else (hole @ mat.T - lo) * scale
     bw, bh = (hi - lo) * scale
-    color = _object_color(rng, label, cfg.color_noise)
+    color = drawing.object_color(rng, label, cfg.color_noise)
     for _ in range(10):
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         ix0, iy0 = int(x0), int(y0)
@@ -320,7 +230,7 @@ def _place_object(rng: np.random.Generator, cfg: ShapesConfig, img: np.ndarray,
         roi_owner[mask] = len(full_px)
         full_px.append(n_px)
         visible_px.append(n_px)
-        _paint(rng, img[iy0:iy1, ix0:ix1], alpha, color, size)
+        drawing.paint(rng, img[iy0:iy1, ix0:ix1], alpha, color, size)
         poly = outer + (x0, y0)
         x, y = round(float(x0), 2), round(float(y0), 2)
         # min(): rounding must not push the box past the image border.
@@ -332,28 +242,6 @@ def _place_object(rng: np.random.Generator, cfg: ShapesConfig, img: np.ndarray,
             area=float(n_px),
             segmentation=[np.round(poly, 2).ravel().tolist()])
     return None
-
-
-def _paint(rng: np.random.Generator, roi: np.ndarray, alpha: np.ndarray,
-           color: np.ndarray, size: float) -> None:
-    """Blend a shaded object with an optional darker inner outline into
-    ``roi`` (float32 RGB, modified in place) using the anti-aliased
-    ``alpha`` (uint8)."""
-    rh, rw = alpha.shape
-    yy, xx = np.ogrid[0:rh, 0:rw]
-    d = rng.uniform(0, 2 * np.pi)
-    shade = 1 + rng.uniform(-0.3, 0.3) * ((xx - rw / 2) * math.cos(d) +
-                                          (yy - rh / 2) * math.sin(d)) / size
-    fill = color * shade.astype(np.float32)[..., None]
-    if size >= 16 and rng.uniform() < 0.6:
-        # The outline is drawn inside the shape (erosion of its mask), so
-        # the box stays the true extent.
-        t = max(1, round(size / 20))
-        inner = cv2.erode(alpha, np.ones((2 * t + 1, 2 * t + 1), np.uint8))
-        ratio = (inner.astype(np.float32) / 255)[..., None]
-        fill = fill * ratio + color * rng.uniform(0.35, 0.6) * (1 - ratio)
-    a = (alpha.astype(np.float32) / 255)[..., None]
-    roi[:] = roi * (1 - a) + np.clip(fill, 0, 1) * a
 
 
 # ---------------------------------------------------------------- dataset --
