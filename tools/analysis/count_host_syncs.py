@@ -33,7 +33,9 @@ from typing import Tuple
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _plugin import REPO_ROOT, import_plugin  # noqa: E402
+from benchmark import fake_batch  # noqa: E402
 
 # ops that make the host wait for the device (CUDA) when run on it
 SYNC_OPS = {
@@ -83,33 +85,6 @@ def build(config: str, device: str) -> torch.nn.Module:
     return model.to(device).train()
 
 
-def batch(model, size, batch_size: int, boxes: int):
-    """Random images and ``boxes`` random boxes per image, preprocessed."""
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    gen = torch.Generator().manual_seed(0)
-    h, w = size
-    samples = []
-    for i in range(batch_size):
-        xy = torch.rand(boxes, 2, generator=gen) * torch.tensor([w, h]) * .7
-        wh = (torch.rand(boxes, 2, generator=gen) * 0.25 + 0.05) * \
-            torch.tensor([w, h])
-        sample = DetDataSample(metainfo=dict(
-            img_id=i, img_shape=(h, w), ori_shape=(h, w),
-            pad_shape=(h, w), batch_input_shape=(h, w),
-            scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=torch.cat([xy, xy + wh], 1),
-            labels=torch.randint(0, 80, (boxes, ), generator=gen))
-        samples.append(sample)
-    data = dict(
-        inputs=[torch.randint(0, 256, (3, h, w), generator=gen,
-                              dtype=torch.uint8) for _ in samples],
-        data_samples=samples)
-    data = model.data_preprocessor(data, True)
-    return data['inputs'], data['data_samples']
-
-
 def source_of(event) -> str:
     """The innermost Python function of projects/codetr, mmdet, mmcv or
     mmengine (else of torch) that the op was called from, as
@@ -156,7 +131,8 @@ def main() -> None:
     from mmdet.utils import register_all_modules
     register_all_modules()
     model = build(args.config, args.device)
-    inputs, samples = batch(model, args.size, args.batch_size, args.boxes)
+    inputs, samples = fake_batch(model, args.batch_size, args.size,
+                                 args.boxes, training=True)
     inputs = inputs.to(args.device)
 
     def step():
