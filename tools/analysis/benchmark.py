@@ -24,6 +24,7 @@ from mmengine.config import Config
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from _plugin import REPO_ROOT, import_plugin  # noqa: E402
+from step_profile import format_profile, profile_step  # noqa: E402
 
 MMDET_DDETR = 'deformable_detr/' \
     'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
@@ -77,9 +78,10 @@ def parse_args() -> argparse.Namespace:
         help='checkpoint this many encoder layers (ours)')
     parser.add_argument(
         '--profile',
-        default=None,
-        help='model name: print a torch.profiler table of '
-        'its fp32 training step')
+        nargs='*',
+        default=[],
+        help='model names: print where their training steps spend host '
+        'and GPU time (kernel launches, synchronisations, per stage)')
     parser.add_argument(
         '--stages',
         action='store_true',
@@ -150,7 +152,13 @@ def autocast(device: str, enabled: bool):
     return torch.autocast(device.split(':')[0], dtype=dtype, enabled=enabled)
 
 
-def time_train(model, args, amp: bool) -> dict:
+def make_train_step(model, args, amp: bool):
+    """A closure running one full training step on one generated batch.
+
+    Forward, losses, backward (labelled ``backward`` for the profiler),
+    grad clip and AdamW step (``optimizer``); returns the summed loss.
+    """
+    from torch.profiler import record_function
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     device = args.device
@@ -158,26 +166,39 @@ def time_train(model, args, amp: bool) -> dict:
         'cuda', enabled=amp and device.startswith('cuda'))
     inputs, samples = fake_batch(model, args.batch_size, args.train_size,
                                  args.boxes, True)
-    times = []
-    if device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.iters):
-        sync(device)
-        start = time.perf_counter()
+
+    def step() -> torch.Tensor:
         with autocast(device, amp):
             losses = model.loss(inputs, samples)
             loss, _ = model.parse_losses(losses)
         optim.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optim)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        scaler.step(optim)
-        scaler.update()
+        with record_function('backward'):
+            scaler.scale(loss).backward()
+        with record_function('optimizer'):
+            scaler.unscale_(optim)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            scaler.step(optim)
+            scaler.update()
+        return loss
+
+    return step
+
+
+def time_train(model, args, amp: bool) -> dict:
+    device = args.device
+    step = make_train_step(model, args, amp)
+    times = []
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.iters):
         sync(device)
-        if step >= args.warmup:
+        start = time.perf_counter()
+        loss = step()
+        sync(device)
+        if i >= args.warmup:
             times.append(time.perf_counter() - start)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f'non-finite loss at step {step}')
+            raise FloatingPointError(f'non-finite loss at step {i}')
     return dict(
         step_ms=1000 * statistics.median(times),
         peak_gib=torch.cuda.max_memory_allocated() /
@@ -247,32 +268,6 @@ def stage_times(model, args, amp: bool) -> dict:
     return {k: 1000 * v / steps for k, v in totals.items()}
 
 
-def profile(model, args) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-    model.train()
-    inputs, samples = fake_batch(model, args.batch_size, args.train_size,
-                                 args.boxes, True)
-    for _ in range(3):
-        model.parse_losses(model.loss(inputs, samples))[0].backward()
-    torch.cuda.synchronize()
-    with torch_profile(
-            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            model.parse_losses(model.loss(inputs, samples))[0].backward()
-        torch.cuda.synchronize()
-    table = prof.key_averages()
-    print(table.table(sort_by='cpu_time_total', row_limit=30))
-    print(table.table(sort_by='cuda_time_total', row_limit=20))
-    syncs = sum(
-        e.count for e in table
-        if e.key in ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
-                     'cudaMemcpyAsync'))
-    items = sum(e.count for e in table if e.key == 'aten::_local_scalar_dense')
-    print(f'per step: {items / 3:.0f} scalar reads (.item()/bool), '
-          f'{syncs / 3:.0f} sync/memcpy calls')
-
-
 def print_table(rows: list, base_model: str) -> None:
     """Markdown table; ratios are to ``base_model`` in fp32."""
     base = next((r for r in rows if r['model'] == base_model
@@ -327,8 +322,11 @@ def main() -> None:
                     f'stages of {name} ({precision}), ms: ' +
                     ', '.join(f'{k} {v:.1f}' for k, v in stages.items()),
                     flush=True)
-        if args.profile == name:
-            profile(model, args)
+        if name in args.profile:
+            for precision in args.precisions:
+                step = make_train_step(model, args, precision == 'amp')
+                print(format_profile(f'{name} ({precision})',
+                                     profile_step(model, step)), flush=True)
         del model
         if args.device.startswith('cuda'):
             torch.cuda.empty_cache()

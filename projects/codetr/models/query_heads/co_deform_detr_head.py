@@ -7,11 +7,13 @@ from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
 from torch import Tensor, nn
 
+from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
 
 
 @MODELS.register_module()
-class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead):
+class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
+                       BatchedMatchingDETRHead):
     """Two-stage Deformable DETR head with box refinement, mixed selection,
     look-forward-twice and customised positive queries.
 
@@ -21,7 +23,8 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead):
     auxiliary pyramid; it adds the one-to-many loss of the customised
     positive queries (:meth:`loss_aux`, shared with the other query heads
     through :class:`CoQueryHeadMixin`). Matching, main and encoder losses
-    and post-processing are mmdet's.
+    and post-processing are mmdet's, the losses of all decoder layers
+    matched and reduced at once (:class:`BatchedMatchingDETRHead`).
 
     Args:
         transformer (dict): Config of ``CoDeformableDetrTransformer``.
@@ -37,6 +40,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead):
             auxiliary heads' pyramid; set by ``CoDETR`` (False without
             auxiliary heads). Defaults to True.
         **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
+            ``batched_matching`` of ``BatchedMatchingDETRHead``,
             ``embed_dims``, losses, ``train_cfg``, ``test_cfg``...). The
             prediction-layer layout (``share_pred_layer``, ``num_pred_layer``,
             ``as_two_stage``) is derived and must not be set.

@@ -12,17 +12,20 @@ from mmdet.utils import ConfigType, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
 
 
 @MODELS.register_module()
-class CoDINOHead(CoQueryHeadMixin, DINOHead):
+class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
     """DINO head (two-stage, box refinement, contrastive denoising) with
     customised positive queries.
 
     Matching, main, encoder and denoising losses are mmdet's ``DINOHead``
     (with QualityFocalLoss they use IoU-aware soft targets); the denoising
-    queries come from mmdet's ``CdnQueryGenerator``. Like
+    queries come from mmdet's ``CdnQueryGenerator``; the matching part of
+    all decoder layers is matched and reduced at once
+    (:class:`BatchedMatchingDETRHead`). Like
     :class:`CoDeformDETRHead` this head owns its transformer, the
     ``downsample`` that completes the auxiliary pyramid and the
     auxiliary-query losses (:class:`CoQueryHeadMixin`). At test time an
@@ -47,8 +50,9 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead):
         with_aux_pyramid (bool): Build the ``downsample``; set by ``CoDETR``.
             Defaults to True.
         **kwargs: ``DINOHead`` arguments (``num_classes``, ``embed_dims``,
-            losses, ``train_cfg``, ``test_cfg``...). The prediction-layer
-            layout is derived and must not be set.
+            ``batched_matching`` of ``BatchedMatchingDETRHead``, losses,
+            ``train_cfg``, ``test_cfg``...). The prediction-layer layout
+            is derived and must not be set.
     """
 
     # The released Co-DINO clamps references at 1e-3 before adding offsets.

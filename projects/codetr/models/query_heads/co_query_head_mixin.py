@@ -11,9 +11,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
-from mmdet.models.losses import QualityFocalLoss
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
@@ -246,7 +245,7 @@ class CoQueryHeadMixin:
         flat_targets = per_layer(bbox_targets).reshape(-1, 4)
         loss_cls = self.loss_cls(
             cls_scores,
-            self._aux_cls_targets(
+            self.cls_loss_targets(
                 per_layer(labels).reshape(-1), bbox_preds, flat_targets),
             per_layer(label_weights).reshape(-1),
             reduction_override='none')
@@ -285,31 +284,6 @@ class CoQueryHeadMixin:
                     prefix = '' if layer == num_layers - 1 else f'd{layer}.'
                     losses[f'{prefix}loss_{name}_aux{k}'] = values[layer]
         return losses
-
-    def _aux_cls_targets(self, labels: Tensor, bbox_preds: Tensor,
-                         bbox_targets: Tensor):
-        """Classification targets of the auxiliary queries.
-
-        Args:
-            labels (Tensor): (n, ) class targets, ``num_classes`` for
-                background.
-            bbox_preds (Tensor): (n, 4) predicted normalised (cx, cy, w, h).
-            bbox_targets (Tensor): (n, 4) normalised (cx, cy, w, h) targets.
-
-        Returns:
-            Tensor | tuple[Tensor, Tensor]: ``labels`` for a focal loss; for
-            QualityFocalLoss ``(labels, scores)`` with the IoU of each
-            positive prediction (detached) with its target as soft score and
-            0 for background, as mmdet's DETR heads do for the main loss.
-        """
-        if not isinstance(self.loss_cls, QualityFocalLoss):
-            return labels
-        is_pos = (labels >= 0) & (labels < self.num_classes)
-        ious = bbox_overlaps(
-            bbox_cxcywh_to_xyxy(bbox_preds.detach()),
-            bbox_cxcywh_to_xyxy(bbox_targets),
-            is_aligned=True)
-        return labels, torch.where(is_pos, ious, ious.new_zeros(()))
 
     def predict_by_outputs(self,
                            outs: Dict,

@@ -1,0 +1,154 @@
+"""Where the time of a GPU training step goes: host, device, launches.
+
+A training step is bound by the host when the GPU waits for Python to
+enqueue work. :func:`profile_step` runs a few steps under
+``torch.profiler`` and reports, per step, the wall time, the GPU busy time
+(sum of kernel, memcpy and memset durations), the number of kernel
+launches and of host waits, in all and per stage of a Co-DETR step. A
+stage whose host time far exceeds its GPU time is launch-bound: fewer
+(larger) ops help it; one whose GPU time dominates needs faster kernels.
+
+Used by ``tools/analysis/benchmark.py --profile MODEL``.
+"""
+import bisect
+import collections
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+LAUNCHES = ('cudaLaunchKernel', 'cuLaunchKernel', 'cudaLaunchKernelExC',
+            'cuLaunchKernelEx')
+WAITS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
+         'cudaEventSynchronize')
+
+
+def stage_methods(model) -> List[Tuple[object, str]]:
+    """(object, method name) of each stage of a CoDETR training step."""
+    if type(model).__name__ != 'CoDETR':
+        return [(model, 'extract_feat')]
+    targets = [(model, 'extract_feat'),
+               (model.query_head, 'forward_transformer'),
+               (model.query_head, 'loss_by_outputs'),
+               (model.query_head, 'loss_aux')]
+    if getattr(model, 'rpn_head', None) is not None:
+        targets.append((model, 'rpn_loss_and_proposals'))
+    for head in list(model.roi_head) + list(model.bbox_head):
+        targets.append((head, 'loss_and_pos_coords'))
+    return targets
+
+
+def _labelled(fn: Callable, label: str) -> Callable:
+
+    def wrapper(*args, **kwargs):
+        with record_function(label):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
+    """Profile ``steps`` calls of ``step`` (a full training step).
+
+    The stages of :func:`stage_methods` are labelled for the profiler by
+    instance attributes that shadow the methods (removed afterwards);
+    ``step`` should label its backward and optimizer parts with
+    ``record_function('backward')`` / ``record_function('optimizer')``.
+
+    Returns:
+        dict: per-step ``wall_ms``, ``gpu_ms``, ``launches``, ``waits``
+        (stream/device/event synchronisations), ``d2h`` (device-to-host
+        copies), ``scalar_reads``, ``stages``: label -> dict of
+        ``host_ms`` (wall time of the stage on the host, its kernels
+        overlapping) and ``launches``, and ``top_kernels``: the 8 kernels
+        of most GPU time, (name, ms per step).
+    """
+    targets = stage_methods(model)
+    for obj, name in targets:
+        setattr(obj, name,
+                _labelled(getattr(obj, name), f'{type(obj).__name__}.{name}'))
+    labels = {f'{type(o).__name__}.{n}'
+              for o, n in targets} | {'backward', 'optimizer'}
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if cuda else [])
+    try:
+        step()  # warm-up outside the profile
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            with record_function('step'):
+                for _ in range(steps):
+                    step()
+                if cuda:
+                    torch.cuda.synchronize()
+    finally:
+        for obj, name in targets:
+            del obj.__dict__[name]
+    events = prof.events()
+    cpu = torch.autograd.DeviceType.CPU
+    # labels appear twice: as host ranges and as GPU-side annotations
+    spans = sorted((e.time_range.start, e.time_range.end, e.name)
+                   for e in events
+                   if e.name in labels and e.device_type == cpu)
+    starts = [s[0] for s in spans]
+    per_stage = collections.defaultdict(lambda: dict(host_ms=0., launches=0))
+    for start, end, name in spans:
+        per_stage[name]['host_ms'] += (end - start) / 1e3 / steps
+    counts = collections.Counter()
+    gpu_us = 0.
+    wall_us = 0.
+    kernels = collections.Counter()
+    for e in events:
+        if e.name == 'step' and e.device_type == cpu:
+            wall_us = e.time_range.end - e.time_range.start
+        if e.name in labels or e.name == 'step':
+            continue
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            gpu_us += e.time_range.end - e.time_range.start
+            kernels[e.name[:60]] += e.time_range.end - e.time_range.start
+            continue
+        if e.name in LAUNCHES:
+            counts['launches'] += 1
+            i = bisect.bisect_right(starts, e.time_range.start) - 1
+            # innermost labelled span holding the launch (spans do not nest)
+            if i >= 0 and spans[i][1] >= e.time_range.start:
+                per_stage[spans[i][2]]['launches'] += 1
+        elif e.name in WAITS:
+            counts['waits'] += 1
+        elif e.name == 'aten::_local_scalar_dense':
+            counts['scalar_reads'] += 1
+        elif e.name == 'cudaMemcpyAsync':
+            counts['memcpy'] += 1
+    stages = {
+        k: dict(host_ms=v['host_ms'], launches=v['launches'] / steps)
+        for k, v in per_stage.items()
+    }
+    return dict(
+        wall_ms=wall_us / 1e3 / steps,
+        gpu_ms=gpu_us / 1e3 / steps,
+        launches=counts['launches'] / steps,
+        waits=counts['waits'] / steps,
+        memcpy=counts['memcpy'] / steps,
+        scalar_reads=counts['scalar_reads'] / steps,
+        stages=stages,
+        top_kernels=[(k, v / 1e3 / steps) for k, v in kernels.most_common(8)])
+
+
+def format_profile(name: str, result: Dict) -> str:
+    """Human-readable lines of :func:`profile_step`'s result."""
+    busy = result['gpu_ms'] / max(result['wall_ms'], 1e-9)
+    lines = [
+        f"profile of {name}: wall {result['wall_ms']:.1f} ms/step, GPU busy "
+        f"{result['gpu_ms']:.1f} ms ({busy:.0%}), "
+        f"{result['launches']:.0f} kernel launches, "
+        f"{result['waits']:.0f} synchronisations, {result['memcpy']:.0f} "
+        f"memcpy calls, {result['scalar_reads']:.0f} scalar reads per step"
+    ]
+    for label, stage in sorted(
+            result['stages'].items(), key=lambda kv: -kv[1]['host_ms']):
+        lines.append(f"  {label:45s} host {stage['host_ms']:7.1f} ms  "
+                     f"{stage['launches']:6.0f} launches")
+    for kernel, ms in result['top_kernels']:
+        lines.append(f'  GPU {ms:6.2f} ms  {kernel}')
+    return '\n'.join(lines)
