@@ -7,6 +7,8 @@ _base_ = [
 
 optim_wrapper = dict(
     type='OptimWrapper',
+    # the paramwise_cfg's options in a few optimizer groups, not ~500
+    constructor='MergedGroupsOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     # The released `reference_points` x0.1 multiplier is dropped: in

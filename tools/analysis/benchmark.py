@@ -44,7 +44,8 @@ def parse_args() -> argparse.Namespace:
         '--models',
         nargs='+',
         default=['mmdet-ddetr', 'k0', 'k2'],
-        help=f'names of {sorted(MODELS)} or config paths')
+        help=f'names of {sorted(MODELS)} or config paths, each optionally '
+        'with @key=value,... overriding model.key')
     parser.add_argument(
         '--precisions',
         nargs='+',
@@ -109,8 +110,19 @@ def sync(device: str) -> None:
 
 
 def build(name: str, num_cp, device: str):
+    """Build ``name``; ``NAME@key=value[,key=value]`` overrides
+    ``model.key`` (values parsed as Python literals), e.g.
+    ``k2@query_head.batched_matching=False``."""
+    import ast
+
     from mmdet.registry import MODELS as REGISTRY
+    name, _, overrides = name.partition('@')
     cfg = Config.fromfile(config_path(name))
+    options = {}
+    for item in filter(None, overrides.split(',')):
+        key, _, value = item.partition('=')
+        options[f'model.{key}'] = ast.literal_eval(value)
+    cfg.merge_from_dict(options)
     cfg.model.backbone.init_cfg = None  # offline: no pretrained download
     if num_cp is not None and cfg.model.type == 'CoDETR':
         cfg.model.query_head.transformer.encoder.num_cp = num_cp

@@ -1,9 +1,13 @@
 """Run-time support for training and testing: a hook that keeps the random
 states across resume, CPU-only distributed runs and the config edits behind
-the options of ``tools/train.py`` and ``tools/test.py``."""
+the options of ``tools/train.py`` and ``tools/test.py``, and an optimizer
+constructor that keeps parameter-wise learning rates in few groups."""
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed
+from .merged_groups_constructor import (MergedGroupsOptimWrapperConstructor,
+                                        merge_param_groups)
 from .rng_state_hook import RNGStateHook
 
 __all__ = [
-    'CPUDistributedDataParallel', 'RNGStateHook', 'setup_cpu_distributed'
+    'CPUDistributedDataParallel', 'MergedGroupsOptimWrapperConstructor',
+    'RNGStateHook', 'merge_param_groups', 'setup_cpu_distributed'
 ]
