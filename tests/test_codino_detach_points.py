@@ -41,7 +41,7 @@ QUERY_SELECTION = 'codetr/models/transformers/co_dino_transformer.py'
 PROPOSALS = ('mmdet/models/utils/misc.py', 'codetr/models/aux_heads/')
 IOU_TARGETS = ('mmdet/models/dense_heads/detr_head.py',
                'mmdet/models/dense_heads/dino_head.py',
-               'codetr/models/query_heads/co_query_head_mixin.py')
+               'codetr/models/query_heads/batched_detr_loss.py')
 
 
 @contextlib.contextmanager
