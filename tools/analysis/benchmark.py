@@ -13,6 +13,7 @@ Example (one GPU)::
         --precisions fp32 amp --out work_dirs/benchmark.json
 """
 import argparse
+import ast
 import json
 import os.path as osp
 import statistics
@@ -24,7 +25,8 @@ from mmengine.config import Config
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from _plugin import REPO_ROOT, import_plugin  # noqa: E402
-from step_profile import format_profile, profile_step  # noqa: E402
+from step_profile import (format_profile, profile_step,  # noqa: E402
+                          stage_methods)
 
 MMDET_DDETR = 'deformable_detr/' \
     'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
@@ -113,8 +115,6 @@ def build(name: str, num_cp, device: str):
     """Build ``name``; ``NAME@key=value[,key=value]`` overrides
     ``model.key`` (values parsed as Python literals), e.g.
     ``k2@query_head.batched_matching=False``."""
-    import ast
-
     from mmdet.registry import MODELS as REGISTRY
     name, _, overrides = name.partition('@')
     cfg = Config.fromfile(config_path(name))
@@ -238,13 +238,7 @@ def stage_times(model, args, amp: bool) -> dict:
     """Mean synchronised time (ms) of each stage of a CoDETR step."""
     from collections import defaultdict
     totals = defaultdict(float)
-    targets = [(model, 'extract_feat'),
-               (model.query_head, 'forward_transformer'),
-               (model.query_head, 'loss'), (model.query_head, 'loss_aux')]
-    if getattr(model, 'rpn_head', None) is not None:
-        targets.append((model, 'rpn_loss_and_proposals'))
-    for i, head in enumerate(list(model.roi_head) + list(model.bbox_head)):
-        targets.append((head, 'loss_and_pos_coords'))
+    targets = stage_methods(model)
 
     def timed(obj, name, label):
         fn = getattr(obj, name)
