@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _plugin import REPO_ROOT, import_plugin  # noqa: E402
-from benchmark import fake_batch  # noqa: E402
+from bench_arms import fake_batch  # noqa: E402
 
 # ops that make the host wait for the device (CUDA) when run on it
 SYNC_OPS = {

@@ -1,0 +1,263 @@
+"""Benchmark arms: models built side by side and timed in alternation.
+
+One arm is one model in one precision with its own copy of the weights and
+its own optimizer wrapper, built from the model's config exactly as
+``tools/train.py`` builds it (paramwise learning rates, grad clip,
+``AmpOptimWrapper`` for AMP). All arms stay resident on the GPU and their
+steps are timed round-robin, the order rotating each round, so clock drift
+and thermal state fall on every arm alike instead of on whichever ran
+last: on a shared H200 sequential arms of one run differed by ~20%.
+
+Peak memory is measured while an arm is built and warmed up, as the peak
+of allocated memory above what was allocated before the arm existed (the
+arms built earlier hold only their weights, gradients and optimizer
+state then, which do not change): the figure a process running that arm
+alone would report.
+"""
+import ast
+import copy
+import os.path as osp
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+from _plugin import REPO_ROOT
+from mmengine.config import Config
+
+MMDET_DDETR = 'deformable_detr/' \
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
+MODELS = {
+    'mmdet-ddetr': MMDET_DDETR,
+    'k0': 'configs/co_deformable_detr_r50_1x_coco_k0.py',
+    'k1-atss': 'configs/co_deformable_detr_r50_1x_coco_atss.py',
+    'k1-rcnn': 'configs/co_deformable_detr_r50_1x_coco_rcnn.py',
+    'k2': 'configs/co_deformable_detr_r50_1x_coco.py',
+    'k3': 'configs/co_deformable_detr_r50_1x_coco_k3_fcos.py',
+}
+PLAIN_OPTIM = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.1, norm_type=2))
+
+
+def config_path(name: str) -> str:
+    if name in MODELS and MODELS[name] == MMDET_DDETR:
+        import mmdet
+        return osp.join(
+            osp.dirname(mmdet.__file__), '.mim', 'configs', MMDET_DDETR)
+    return osp.join(REPO_ROOT, MODELS.get(name, name))
+
+
+def sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def load_config(name: str, num_cp=None) -> Config:
+    """The config of ``name``: ``NAME@key=value[,key=value]`` overrides
+    ``model.key`` (values parsed as Python literals), or ``key`` itself
+    when it starts with ``optim_wrapper.``; e.g.
+    ``k2@query_head.batched_matching=False`` or
+    ``"k2@optim_wrapper.constructor='DefaultOptimWrapperConstructor'"``."""
+    name, _, overrides = name.partition('@')
+    cfg = Config.fromfile(config_path(name), format_python_code=False)
+    options = {}
+    for item in filter(None, overrides.split(',')):
+        key, _, value = item.partition('=')
+        if not key.startswith('optim_wrapper.'):
+            key = f'model.{key}'
+        options[key] = ast.literal_eval(value)
+    cfg.merge_from_dict(options)
+    cfg.model.backbone.init_cfg = None  # offline: no pretrained download
+    if num_cp is not None and cfg.model.type == 'CoDETR':
+        cfg.model.query_head.transformer.encoder.num_cp = num_cp
+    return cfg
+
+
+def build(name: str, num_cp, device: str):
+    """The model of ``name`` (see :func:`load_config`), seeded weights."""
+    from mmdet.registry import MODELS as REGISTRY
+    cfg = load_config(name, num_cp)
+    torch.manual_seed(0)
+    model = REGISTRY.build(cfg.model).to(device)
+    model.init_weights()
+    return model
+
+
+def fake_batch(model, batch_size, size, num_boxes, training, seed=0):
+    """A preprocessed batch of random uint8 images with random boxes."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    num_classes = getattr(model, 'num_classes', None) or \
+        model.bbox_head.num_classes
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(
+            torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        xy = torch.rand(
+            num_boxes, 2, generator=gen) * torch.tensor([w, h]) * 0.7
+        wh = (torch.rand(num_boxes, 2, generator=gen) * 0.25 + 0.03) * \
+            torch.tensor([w, h])
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, num_classes, (num_boxes, ), generator=gen))
+        samples.append(sample)
+    data = model.data_preprocessor(
+        dict(inputs=inputs, data_samples=samples), training=training)
+    return data['inputs'], data['data_samples']
+
+
+def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):
+    """The optimizer wrapper ``tools/train.py`` would build.
+
+    Args:
+        optimizer (str): ``'config'``: the config's ``optim_wrapper``
+            (its constructor, paramwise options and grad clip); ``'plain'``:
+            one AdamW group, lr 1e-4, grad clip 0.1.
+    """
+    from mmengine.optim import build_optim_wrapper as build_wrapper
+    spec = copy.deepcopy(
+        cfg.optim_wrapper if optimizer == 'config' else PLAIN_OPTIM)
+    if amp:
+        spec['type'] = 'AmpOptimWrapper'
+        spec.setdefault('loss_scale', 'dynamic')
+    return build_wrapper(model, spec)
+
+
+def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
+    """A closure running one full training step, as mmengine's runner does.
+
+    Forward and losses in the wrapper's context (autocast for AMP), then
+    backward (labelled ``backward`` for the profiler), grad clip, optimizer
+    step and ``zero_grad`` (``optimizer``); returns the summed loss.
+    """
+    from torch.profiler import record_function
+    model.train()
+
+    def step() -> torch.Tensor:
+        with optim_wrapper.optim_context(model):
+            losses = model.loss(inputs, samples)
+            loss, _ = model.parse_losses(losses)
+        with record_function('backward'):
+            optim_wrapper.backward(loss)
+        with record_function('optimizer'):
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        return loss.detach()
+
+    return step
+
+
+class Arm:
+    """One model in one precision, with its training step."""
+
+    def __init__(self, name: str, precision: str, args) -> None:
+        self.name, self.precision, self.device = name, precision, args.device
+        self.amp = precision == 'amp'
+        cfg = load_config(name, args.num_cp)
+        self.model = build(name, args.num_cp, args.device)
+        self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
+        self.optim_wrapper = build_optim_wrapper(self.model, cfg, self.amp,
+                                                 args.optimizer)
+        self.num_groups = len(self.optim_wrapper.optimizer.param_groups)
+        inputs, samples = fake_batch(self.model, args.batch_size,
+                                     args.train_size, args.boxes, True)
+        self.step = make_train_step(self.model, self.optim_wrapper, inputs,
+                                    samples)
+        self.train_ms: List[float] = []
+        self.infer_ms: List[float] = []
+
+    def timed_step(self) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        loss = self.step()
+        sync(self.device)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'{self.name} ({self.precision}): '
+                                     'non-finite loss')
+        return time.perf_counter() - start
+
+    def make_predict(self, args) -> Callable:
+        inputs, samples = fake_batch(self.model, 1, args.infer_size,
+                                     args.boxes, False)
+        dtype = torch.float16 if self.device.startswith('cuda') else \
+            torch.bfloat16
+
+        @torch.no_grad()
+        def predict() -> None:
+            with torch.autocast(
+                    self.device.split(':')[0], dtype=dtype, enabled=self.amp):
+                self.model.predict(inputs, samples)
+
+        return predict
+
+
+def build_arms(names: List[str], precisions: List[str], args) -> List[Arm]:
+    """Build every arm and warm it up, measuring its own peak memory."""
+    cuda = args.device.startswith('cuda')
+    arms = []
+    for name in names:
+        for precision in precisions:
+            sync(args.device)
+            before = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            arm = Arm(name, precision, args)
+            for _ in range(args.warmup):
+                arm.timed_step()
+            arm.peak_gib = (torch.cuda.max_memory_allocated() -
+                            before) / 2**30 if cuda else 0.0
+            print(f'built {name} ({precision}): {arm.params_m:.1f} M '
+                  f'parameters, {arm.num_groups} optimizer groups, peak '
+                  f'{arm.peak_gib:.2f} GiB', flush=True)
+            arms.append(arm)
+    return arms
+
+
+def _round_robin(arms: List[Arm], rounds: int,
+                 run: Callable[[Arm], float]) -> Dict[int, List[float]]:
+    times = {i: [] for i in range(len(arms))}
+    for r in range(rounds):
+        for k in range(len(arms)):
+            i = (r + k) % len(arms)  # rotate who goes first
+            times[i].append(run(arms[i]))
+    return times
+
+
+def time_arms(arms: List[Arm], args) -> List[dict]:
+    """Median train-step and inference times of every arm, interleaved."""
+    train = _round_robin(arms, args.iters, Arm.timed_step)
+    predicts = []
+    for arm in arms:
+        arm.model.eval()
+        predicts.append(arm.make_predict(args))
+        for _ in range(args.warmup):
+            predicts[-1]()
+
+    def infer(arm: Arm) -> float:
+        sync(args.device)
+        start = time.perf_counter()
+        predicts[arms.index(arm)]()
+        sync(args.device)
+        return time.perf_counter() - start
+
+    test = _round_robin(arms, args.infer_iters, infer)
+    rows = []
+    for i, arm in enumerate(arms):
+        arm.model.train()
+        rows.append(
+            dict(
+                model=arm.name,
+                precision=arm.precision,
+                params_m=arm.params_m,
+                optimizer_groups=arm.num_groups,
+                step_ms=1000 * statistics.median(train[i]),
+                peak_gib=arm.peak_gib,
+                img_per_s=1 / statistics.median(test[i])))
+    return rows
