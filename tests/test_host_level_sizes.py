@@ -1,11 +1,14 @@
-"""Level sizes read back once (``host_level_sizes``) give mmdet's stage
+"""Level sizes known on the host (``level_shapes``) give mmdet's stage
 functions exactly the values they compute from the shape tensor."""
+import pytest
 import torch
+from codetr_testing import build_model, tiny_model_cfg
 from mmdet.models.detectors.deformable_detr import DeformableDETR
 from mmdet.models.layers import DeformableDetrTransformerEncoder
+from mmdet.structures import DetDataSample
 
-from projects.codetr.models.transformers.co_deformable_detr_layers import \
-    host_level_sizes
+from projects.codetr.models.transformers.level_shapes import (
+    host_level_sizes, level_shape_tensors)
 
 SHAPES = torch.tensor([[20, 25], [10, 13], [5, 7], [3, 4]])
 
@@ -47,3 +50,44 @@ def test_tracing_keeps_the_tensor():
         return shapes * 1
 
     torch.jit.trace(sizes_as_tensor, (SHAPES, ), check_trace=False)
+
+
+def test_cached_shape_tensors_carry_their_sizes_without_a_read():
+    sizes = [(20, 25), (10, 13), (5, 7), (3, 4)]
+    shapes, starts = level_shape_tensors(sizes, 'cpu')
+    assert shapes.dtype == starts.dtype == torch.long
+    assert torch.equal(shapes, SHAPES)
+    assert starts.tolist() == [0, 500, 630, 665]
+    assert level_shape_tensors(sizes, 'cpu')[0] is shapes  # cached
+    # a meta tensor holds no values: reading it back would raise
+    meta, _ = level_shape_tensors(sizes, 'meta')
+    assert host_level_sizes(meta) == sizes
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_pre_transformer_gives_mmdets_inputs(padded):
+    """Our pre_transformer (cached level shapes) against mmdet's own, on an
+    unpadded batch (no masks) and a padded one, value for value."""
+    model = build_model(tiny_model_cfg())
+    transformer = model.query_head.transformer
+    torch.manual_seed(0)
+    feats = tuple(
+        torch.randn(2, transformer.embed_dims, h, w)
+        for h, w in [(16, 20), (8, 10), (4, 5), (2, 3)])
+    samples = []
+    for img_shape in [(128, 160), (96, 130) if padded else (128, 160)]:
+        samples.append(
+            DetDataSample(
+                metainfo=dict(img_shape=img_shape,
+                              batch_input_shape=(128, 160))))
+    ours = transformer.pre_transformer(feats, samples)
+    theirs = DeformableDETR.pre_transformer(transformer, feats, samples)
+    for mine, ref in zip(ours, theirs):
+        assert mine.keys() == ref.keys()
+        for key, value in ref.items():
+            if value is None:
+                assert mine[key] is None, key
+            else:
+                assert mine[key].dtype == value.dtype, key
+                assert torch.equal(mine[key], value), key
+    assert (ours[0]['feat_mask'] is not None) == padded

@@ -12,6 +12,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import ModuleList
 from torch import Tensor
 
+from .cuda_graphs import CudaGraphCache
 from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
                           inject_num_co_heads, resolve_num_classes)
 
@@ -50,6 +51,10 @@ class CoDETR(BaseDetector):
         eval_module (str): ``'detr'``, ``'one-stage'`` (a dense auxiliary
             head) or ``'two-stage'`` (RPN + a RoI head). Defaults to 'detr'.
         eval_index (int): Which auxiliary head ``eval_module`` uses.
+        cuda_graphs (int): Replay the ``'detr'`` inference on CUDA from CUDA
+            graphs, one per input signature, for at most this many
+            signatures (later ones run eagerly); 0 (default) never. Pays
+            where input sizes repeat (see ``cuda_graphs.py``).
         train_cfg, test_cfg (list, optional): Released list layout; omit
             when each head carries its own ``train_cfg``/``test_cfg``.
         data_preprocessor (dict, optional): ``DetDataPreprocessor`` config.
@@ -67,6 +72,7 @@ class CoDETR(BaseDetector):
                  with_pos_coord: bool = True,
                  eval_module: str = 'detr',
                  eval_index: int = 0,
+                 cuda_graphs: int = 0,
                  train_cfg: Optional[list] = None,
                  test_cfg: Optional[list] = None,
                  data_preprocessor: OptConfigType = None,
@@ -115,6 +121,8 @@ class CoDETR(BaseDetector):
         self._check_eval_module(eval_module, eval_index)
         self.eval_module = eval_module
         self.eval_index = eval_index
+        self.cuda_graphs = CudaGraphCache(cuda_graphs) if cuda_graphs \
+            else None
 
     def _check_eval_module(self, eval_module: str, eval_index: int) -> None:
         if eval_module not in EVAL_MODULES:
@@ -234,12 +242,13 @@ class CoDETR(BaseDetector):
             (x1, y1, x2, y2), ``scores``, ``labels``), at most the head's
             ``max_per_img`` per image.
         """
-        x = self.extract_feat(batch_inputs)
         if self.eval_module == 'detr':
-            outs = self.query_head.forward_transformer(x, batch_data_samples)
-            results = self.query_head.predict_by_outputs(
-                outs, batch_data_samples, rescale=rescale)
+            results = self.query_head.predict_by_feat(
+                *self._detr_predictions(batch_inputs, batch_data_samples),
+                [s.metainfo for s in batch_data_samples],
+                rescale=rescale)
         else:
+            x = self.extract_feat(batch_inputs)
             # Auxiliary heads only need the encoder.
             enc = self.query_head.encode(x, batch_data_samples)
             pyramid = self.query_head.memory_to_pyramid(enc['memory'], x)
@@ -252,6 +261,36 @@ class CoDETR(BaseDetector):
                 results = self.roi_head[self.eval_index].predict(
                     pyramid, proposals, batch_data_samples, rescale=rescale)
         return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def detr_predictions(self, batch_inputs: Tensor,
+                         batch_data_samples: SampleList
+                         ) -> Tuple[Tensor, Tensor]:
+        """The query head's last-layer logits (1, bs, num_query,
+        num_classes) and boxes (1, bs, num_query, 4), normalised
+        (cx, cy, w, h): the tensor part of the ``'detr'`` inference."""
+        x = self.extract_feat(batch_inputs)
+        outs = self.query_head.forward_transformer(x, batch_data_samples)
+        return self.query_head.last_layer_predictions(outs)
+
+    def _detr_predictions(self, batch_inputs: Tensor,
+                          batch_data_samples: SampleList
+                          ) -> Tuple[Tensor, Tensor]:
+        """:meth:`detr_predictions`, from a CUDA graph when enabled."""
+        if self.cuda_graphs is None or not batch_inputs.is_cuda or \
+                torch.is_grad_enabled() or torch.jit.is_tracing():
+            return self.detr_predictions(batch_inputs, batch_data_samples)
+        # what the forward reads from the samples: the padding masks' shapes
+        key = (tuple(batch_data_samples[0].batch_input_shape),
+               tuple(tuple(s.img_shape) for s in batch_data_samples))
+        return self.cuda_graphs(
+            lambda x: self.detr_predictions(x, batch_data_samples), key,
+            batch_inputs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() move the tensors a captured graph points at
+        if getattr(self, 'cuda_graphs', None) is not None:
+            self.cuda_graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def _forward(self,
                  batch_inputs: Tensor,

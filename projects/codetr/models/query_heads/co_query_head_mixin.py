@@ -301,6 +301,21 @@ class CoQueryHeadMixin:
             ``scores`` (n, ), ``labels`` (n, ) per image.
         """
         batch_img_metas = [s.metainfo for s in batch_data_samples]
+        return self.predict_by_feat(
+            *self.last_layer_predictions(outs), batch_img_metas,
+            rescale=rescale)
+
+    def last_layer_predictions(self, outs: Dict) -> Tuple[Tensor, Tensor]:
+        """Class logits and boxes of the last decoder layer (tensors only:
+        what a CUDA graph of the inference captures).
+
+        Args:
+            outs (dict): Output of :meth:`forward_transformer`.
+
+        Returns:
+            tuple[Tensor, Tensor]: (1, bs, num_query, num_classes) logits and
+            (1, bs, num_query, 4) boxes, normalised (cx, cy, w, h).
+        """
         # Only the last layer is post-processed: skip the other branches.
         last = outs['hidden_states'][-1:]
         refs = outs['references']
@@ -309,5 +324,4 @@ class CoQueryHeadMixin:
         coords = self.reg_branches[layer](last)
         coords = (coords + inverse_sigmoid(
             refs[layer], eps=self.ref_eps)).sigmoid()
-        return self.predict_by_feat(
-            cls_scores, coords, batch_img_metas, rescale=rescale)
+        return cls_scores, coords

@@ -9,7 +9,7 @@ Subclasses of mmdet's Deformable DETR encoder/decoder and of mmcv's
   first ``num_cp`` layers with ``torch.utils.checkpoint`` (no fairscale);
 - :class:`CoDeformableDetrTransformerDecoder`: look-forward-twice.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from mmcv.cnn import build_norm_layer
@@ -26,27 +26,7 @@ from mmengine.model import ModuleList
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-
-def host_level_sizes(
-        spatial_shapes: Tensor) -> Union[Tensor, List[Tuple[int, int]]]:
-    """The (h, w) of every level as Python ints, read back in one go.
-
-    mmdet's stage functions (encoder reference points, two-stage
-    proposals) loop over the (num_levels, 2) tensor and read each h and w
-    on its own: on a GPU two host-device synchronisations per level, one
-    ``tolist`` is one. While tracing (ONNX export) the tensor is returned
-    unchanged, so the sizes stay dynamic in the graph.
-
-    Args:
-        spatial_shapes (Tensor): (num_levels, 2) int64 as (h, w).
-
-    Returns:
-        list[tuple[int, int]] | Tensor: The sizes, or ``spatial_shapes``
-        itself while tracing.
-    """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return spatial_shapes
-    return [(h, w) for h, w in spatial_shapes.tolist()]
+from .level_shapes import host_level_sizes
 
 
 class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):

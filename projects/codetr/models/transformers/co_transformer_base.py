@@ -9,18 +9,20 @@ same names and reuses mmdet's stage functions unchanged. Subclasses add the
 query selection (``pre_decoder``), their decoder and the decoding of the
 customised positive queries (``forward_aux``).
 """
-from typing import Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.models.detectors.deformable_detr import DeformableDETR
 from mmdet.models.layers import SinePositionalEncoding
+from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .co_deformable_detr_layers import (CoDeformableDetrTransformerEncoder,
-                                        host_level_sizes)
+from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
+from .level_shapes import host_level_sizes, level_shape_tensors
 
 
 class CoTransformerBase(BaseModule):
@@ -49,7 +51,6 @@ class CoTransformerBase(BaseModule):
     # Reused verbatim from mmdet's Deformable DETR: they only read
     # ``positional_encoding``, ``level_embed``, ``encoder``,
     # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
-    pre_transformer = DeformableDETR.pre_transformer
     forward_encoder = DeformableDETR.forward_encoder
     get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
     get_proposal_pos_embed = staticmethod(
@@ -92,6 +93,83 @@ class CoTransformerBase(BaseModule):
             if isinstance(m, MultiScaleDeformableAttention):
                 m.init_weights()
         nn.init.normal_(self.level_embed)
+
+    def pre_transformer(self, mlvl_feats: Tuple[Tensor, ...],
+                        batch_data_samples: SampleList) -> Tuple[Dict, Dict]:
+        """mmdet's ``DeformableDETR.pre_transformer``, the same values.
+
+        Padding masks, positional and level embeddings and the flattened
+        features as mmdet computes them; ``spatial_shapes`` and
+        ``level_start_index`` come from :func:`level_shape_tensors` (sizes
+        read from the feature shapes, no host-device copy per level), so
+        the forward can run inside a CUDA graph. While tracing (ONNX
+        export) mmdet's own method runs: its sizes stay dynamic.
+
+        Args:
+            mlvl_feats (tuple[Tensor]): Neck outputs, each (bs, dim, h, w).
+            batch_data_samples (list[DetDataSample]): ``batch_input_shape``
+                and ``img_shape`` give the padding masks.
+
+        Returns:
+            tuple[dict, dict]: The encoder inputs (``feat``, ``feat_mask``,
+            ``feat_pos``, ``spatial_shapes``, ``level_start_index``,
+            ``valid_ratios``) and the decoder inputs (the same but ``feat``
+            and ``feat_pos``, ``feat_mask`` as ``memory_mask``).
+        """
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return DeformableDETR.pre_transformer(self, mlvl_feats,
+                                                  batch_data_samples)
+        masks = self.level_masks(mlvl_feats, batch_data_samples)
+        feats, pos_embeds, mask_flatten = [], [], []
+        for lvl, (feat, mask) in enumerate(zip(mlvl_feats, masks)):
+            bs, dims = feat.shape[:2]
+            pos = self.positional_encoding(mask, input=feat)
+            feats.append(feat.view(bs, dims, -1).permute(0, 2, 1))
+            pos_embeds.append(
+                pos.view(bs, dims, -1).permute(0, 2, 1) +
+                self.level_embed[lvl].view(1, 1, -1))
+            mask_flatten.append(None if mask is None else mask.flatten(1))
+        spatial_shapes, level_start_index = level_shape_tensors(
+            [feat.shape[-2:] for feat in mlvl_feats], mlvl_feats[0].device)
+        if masks[0] is None:
+            memory_mask = None
+            valid_ratios = mlvl_feats[0].new_ones(bs, len(mlvl_feats), 2)
+        else:
+            memory_mask = torch.cat(mask_flatten, 1)
+            valid_ratios = torch.stack(
+                [self.get_valid_ratio(m) for m in masks], 1)
+        levels = dict(
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios)
+        encoder_inputs = dict(
+            feat=torch.cat(feats, 1),
+            feat_mask=memory_mask,
+            feat_pos=torch.cat(pos_embeds, 1),
+            **levels)
+        return encoder_inputs, dict(memory_mask=memory_mask, **levels)
+
+    @staticmethod
+    def level_masks(mlvl_feats: Tuple[Tensor, ...],
+                    batch_data_samples: SampleList) -> List[Optional[Tensor]]:
+        """Padding masks per level, True on padding; Nones when no image
+        of the batch is padded (mmdet's rule, so its positional encoding of
+        an unpadded batch is reproduced).
+
+        Returns:
+            list[Tensor | None]: Per level (bs, h_l, w_l) bool, or None.
+        """
+        input_h, input_w = batch_data_samples[0].batch_input_shape
+        img_shapes = [s.img_shape for s in batch_data_samples]
+        if all(h == input_h and w == input_w for h, w in img_shapes):
+            return [None] * len(mlvl_feats)
+        masks = mlvl_feats[0].new_ones((len(img_shapes), input_h, input_w))
+        for i, (h, w) in enumerate(img_shapes):
+            masks[i, :h, :w] = 0
+        return [
+            F.interpolate(masks[None], size=feat.shape[-2:]).to(
+                torch.bool).squeeze(0) for feat in mlvl_feats
+        ]
 
     def gen_encoder_output_proposals(
             self, memory: Tensor, memory_mask: Optional[Tensor],
