@@ -42,12 +42,13 @@ def test_cpu_inputs_run_eagerly():
 
 @needs_cuda
 def test_replayed_detections_match_eager_ones():
-    model = build_model(cfg(1)).cuda()
+    model = build_model(cfg(2)).cuda()
     eager = build_model(cfg()).cuda()
+    padded, unpadded = ((96, 128), (128, 112)), ((96, 128), (96, 128))
     batches = [
         make_batch(model, training=False, seed=s, image_sizes=sizes)
-        for s, sizes in [(0, ((96, 128), (128, 112))), (
-            1, ((96, 128), (128, 112))), (2, ((64, 64), (64, 96)))]
+        for s, sizes in [(0, padded), (1, padded), (2, unpadded),
+                         (3, ((64, 64), (64, 96)))]
     ]
     for inputs, samples in batches:
         inputs = inputs.cuda()
@@ -57,7 +58,7 @@ def test_replayed_detections_match_eager_ones():
             torch.testing.assert_close(mine[0], ref[0], rtol=1e-4, atol=1e-3)
             torch.testing.assert_close(mine[1], ref[1], rtol=1e-4, atol=1e-5)
             assert torch.equal(mine[2], ref[2])
-    # batches 0 and 1 share a signature; batch 2 is beyond max_graphs=1
-    assert len(model.cuda_graphs) == 1
+    # batches 0 and 1 share a signature; batch 3 is beyond max_graphs=2
+    assert len(model.cuda_graphs) == 2
     model.to('cpu')
     assert len(model.cuda_graphs) == 0  # stale addresses are forgotten

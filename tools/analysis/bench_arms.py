@@ -233,24 +233,33 @@ def _round_robin(arms: List[Arm], rounds: int,
 def time_arms(arms: List[Arm], args) -> List[dict]:
     """Median train-step and inference times of every arm, interleaved."""
     train = _round_robin(arms, args.iters, Arm.timed_step)
-    predicts = []
+    predicts, failed = {}, {}
     for arm in arms:
         arm.model.eval()
-        predicts.append(arm.make_predict(args))
-        for _ in range(args.warmup):
-            predicts[-1]()
+        try:  # one failing arm (e.g. a graph capture) spares the others
+            predict = arm.make_predict(args)
+            for _ in range(args.warmup):
+                predict()
+            predicts[arm] = predict
+        except Exception as exc:
+            failed[arm] = f'{type(exc).__name__}: {exc}'[:300]
+            print(f'inference of {arm.name} ({arm.precision}) failed: '
+                  f'{failed[arm]}', flush=True)
 
     def infer(arm: Arm) -> float:
         sync(args.device)
         start = time.perf_counter()
-        predicts[arms.index(arm)]()
+        predicts[arm]()
         sync(args.device)
         return time.perf_counter() - start
 
-    test = _round_robin(arms, args.infer_iters, infer)
+    working = [arm for arm in arms if arm in predicts]
+    test = _round_robin(working, args.infer_iters, infer)
     rows = []
     for i, arm in enumerate(arms):
         arm.model.train()
+        infer_s = statistics.median(test[working.index(arm)]) \
+            if arm in predicts else float('inf')
         rows.append(
             dict(
                 model=arm.name,
@@ -259,5 +268,7 @@ def time_arms(arms: List[Arm], args) -> List[dict]:
                 optimizer_groups=arm.num_groups,
                 step_ms=1000 * statistics.median(train[i]),
                 peak_gib=arm.peak_gib,
-                img_per_s=1 / statistics.median(test[i])))
+                img_per_s=1 / infer_s))
+        if arm in failed:
+            rows[-1]['error'] = failed[arm]
     return rows

@@ -144,6 +144,24 @@ def stage_times(model, args, amp: bool) -> dict:
     return {k: 1000 * v / steps for k, v in totals.items()}
 
 
+@torch.no_grad()
+def graph_vs_eager(arm, args) -> str:
+    """How far the replayed predictions of a graphed arm are from eager
+    ones on the same input (the benchmark's inference batch)."""
+    model = arm.model.eval()
+    inputs, samples = fake_batch(model, 1, args.infer_size, args.boxes,
+                                 False)
+    with torch.autocast('cuda', dtype=torch.float16, enabled=arm.amp):
+        graphed = model._detr_predictions(inputs, samples)
+        eager = model.detr_predictions(inputs, samples)
+    model.train()
+    diffs = [(g.float() - e.float()).abs().max().item()
+             for g, e in zip(graphed, eager)]
+    return (f'{arm.name} ({arm.precision}): {len(model.cuda_graphs)} '
+            f'graph(s); replayed vs eager max |diff|: logits {diffs[0]:.2e}'
+            f', boxes {diffs[1]:.2e}')
+
+
 def print_table(rows: list, base_model: str) -> None:
     """Markdown table; ratios are to ``base_model`` in fp32 and, in the
     last column, to the same model's fp32 arm."""
@@ -164,9 +182,10 @@ def print_table(rows: list, base_model: str) -> None:
             return f'{r[key] / ref[key]:.2f}' if ref and ref[key] else '-'
 
         own = fp32_of(r['model'])
+        infer = 'failed' if 'error' in r else f"{r['img_per_s']:.1f}"
         print(f"| {r['model']} | {r['precision']} | {r['params_m']:.1f} | "
               f"{r['step_ms']:.0f} | {x('step_ms')} | {r['peak_gib']:.2f} | "
-              f"{x('peak_gib')} | {r['img_per_s']:.1f} | {x('img_per_s')} | "
+              f"{x('peak_gib')} | {infer} | {x('img_per_s')} | "
               f"{x('step_ms', own)} |")
 
 
@@ -190,6 +209,9 @@ def main() -> None:
     rows = time_arms(arms, args)
     for row in rows:
         print(json.dumps(row), flush=True)
+    for arm in arms:
+        if getattr(arm.model, 'cuda_graphs', None):
+            print(graph_vs_eager(arm, args), flush=True)
     for arm in arms:
         if args.stages and type(arm.model).__name__ == 'CoDETR':
             stages = stage_times(arm.model, args, arm.amp)

@@ -176,7 +176,16 @@ class CoTransformerBase(BaseModule):
             spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
         """mmdet's two-stage proposals, with the level sizes read back once
         (:func:`host_level_sizes`) instead of twice per level; the same
-        values."""
+        values.
+
+        Without padding mask mmdet copies each level's (h, w) to the device,
+        which a CUDA graph capture forbids; while capturing, an all-valid
+        mask is passed instead: its valid heights and widths are the same
+        h and w, so the proposals and memory are the same values.
+        """
+        if memory_mask is None and memory.is_cuda and \
+                torch.cuda.is_current_stream_capturing():
+            memory_mask = memory.new_zeros(memory.shape[:2], dtype=torch.bool)
         return DeformableDETR.gen_encoder_output_proposals(
             self, memory, memory_mask, host_level_sizes(spatial_shapes))
 
