@@ -110,7 +110,8 @@ model = dict(
         in_channels=256,
         feat_channels=256,
         anchor_generator=dict(
-            type='AnchorGenerator',
+            # mmdet's, each level's anchors computed once (issue 13)
+            type='CachedAnchorGenerator',
             octave_base_scale=4,
             scales_per_octave=3,
             ratios=[0.5, 1.0, 2.0],
@@ -206,7 +207,8 @@ model = dict(
             stacked_convs=1,
             feat_channels=256,
             anchor_generator=dict(
-                type='AnchorGenerator',
+                # mmdet's, each level's anchors computed once (issue 13)
+                type='CachedAnchorGenerator',
                 ratios=[1.0],
                 octave_base_scale=8,
                 scales_per_octave=1,

@@ -1,8 +1,11 @@
 """Auxiliary (one-to-many) heads: mmdet heads that, besides their own
 losses, report the positive coordinates their assigner chose
 (:class:`~..positive_coords.PositiveCoords`)."""
+from .cached_anchor_generator import CachedAnchorGenerator
 from .co_atss_head import CoATSSHead
 from .co_fcos_head import CoFCOSHead
 from .co_standard_roi_head import CoStandardRoIHead
 
-__all__ = ['CoATSSHead', 'CoFCOSHead', 'CoStandardRoIHead']
+__all__ = [
+    'CachedAnchorGenerator', 'CoATSSHead', 'CoFCOSHead', 'CoStandardRoIHead'
+]
