@@ -81,6 +81,11 @@ def parse_args() -> argparse.Namespace:
         help='override config settings, e.g. '
         'test_dataloader.dataset.ann_file=annotations/x.json')
     parser.add_argument(
+        '--cuda-graphs', type=int, default=0, metavar='N',
+        help='replay the inference from CUDA graphs, one per input shape, '
+        'for up to N shapes (model.cuda_graphs; pays when shapes repeat, '
+        'e.g. a fixed test size; COCO\'s resized images have hundreds)')
+    parser.add_argument(
         '--skip-data-check', action='store_true',
         help='do not check the test dataset before testing')
     parser.add_argument(
@@ -108,6 +113,12 @@ def build_config(args: argparse.Namespace):
     cfg = cli_support.load_config(args.config, args.launcher,
                                   args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
+    if args.cuda_graphs:
+        if cfg.model.get('type') != 'CoDETR':
+            raise run_config.RunConfigError(
+                '--cuda-graphs needs a CoDETR model, got '
+                f"{cfg.model.get('type')!r}")
+        cfg.model.cuda_graphs = args.cuda_graphs
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         cfg = trigger_visualization_hook(cfg, args)
