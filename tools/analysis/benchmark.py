@@ -209,6 +209,10 @@ def main() -> None:
     rows = time_arms(arms, args)
     for row in rows:
         print(json.dumps(row), flush=True)
+    print_table(rows, args.models[0])
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(rows, f, indent=1)
     for arm in arms:
         if getattr(arm.model, 'cuda_graphs', None):
             print(graph_vs_eager(arm, args), flush=True)
@@ -229,10 +233,6 @@ def main() -> None:
                                               arm.make_predict(args))),
                   flush=True)
             arm.model.train()
-    print_table(rows, args.models[0])
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(rows, f, indent=1)
 
 
 if __name__ == '__main__':
