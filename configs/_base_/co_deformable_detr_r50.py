@@ -106,7 +106,7 @@ model = dict(
                 ])),
         test_cfg=dict(max_per_img=100)),
     rpn_head=dict(
-        type='RPNHead',
+        type='CoRPNHead',  # mmdet's, losses over all levels at once
         in_channels=256,
         feat_channels=256,
         anchor_generator=dict(

@@ -118,7 +118,7 @@ model = dict(
         test_cfg=dict(
             max_per_img=300, nms=dict(type='soft_nms', iou_threshold=0.8))),
     rpn_head=dict(
-        type='RPNHead',
+        type='CoRPNHead',  # mmdet's, losses over all levels at once
         in_channels=256,
         feat_channels=256,
         anchor_generator=dict(

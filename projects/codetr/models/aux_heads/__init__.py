@@ -4,8 +4,10 @@ losses, report the positive coordinates their assigner chose
 from .cached_anchor_generator import CachedAnchorGenerator
 from .co_atss_head import CoATSSHead
 from .co_fcos_head import CoFCOSHead
+from .co_rpn_head import CoRPNHead
 from .co_standard_roi_head import CoStandardRoIHead
 
 __all__ = [
-    'CachedAnchorGenerator', 'CoATSSHead', 'CoFCOSHead', 'CoStandardRoIHead'
+    'CachedAnchorGenerator', 'CoATSSHead', 'CoFCOSHead', 'CoRPNHead',
+    'CoStandardRoIHead'
 ]

@@ -1,31 +1,45 @@
 """ATSS as a Co-DETR auxiliary head."""
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from mmdet.models.dense_heads import ATSSHead
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmdet.utils import InstanceList, OptInstanceList, reduce_mean
 from torch import Tensor
 
 from ..positive_coords import PositiveCoords
+from .level_batching import levels_side_by_side
 
 
 @MODELS.register_module()
 class CoATSSHead(ATSSHead):
     """mmdet's ``ATSSHead`` that also reports its assignment (spec 3.2).
 
-    Losses, assignment and inference are unchanged. The only addition is
+    Assignment, inference and the loss values are mmdet's. The addition is
     :meth:`loss_and_pos_coords`, which returns the losses together with every
     anchor's assigned label and ground-truth box, so the query head can turn
     the positives into customised positive queries.
 
     The box targets must be absolute boxes, hence ``reg_decoded_bbox=True``
     (as in the released config).
+
+    Args:
+        batched_levels (bool): Compute each loss once over all pyramid
+            levels instead of once per level (mmdet): the same sums in
+            another order, with a fifth of the kernel launches and one
+            ``nonzero`` synchronisation instead of five (issue 13). The
+            loss entries are then tensors, not per-level lists. Defaults to
+            False (``ATSSHead.loss_by_feat``): the sums in mmdet's order,
+            which match the released code's golden losses bit for bit; the
+            batched order differs in the last bits.
+        *args, **kwargs: ``ATSSHead``'s arguments.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.batched_levels = batched_levels
         if not self.reg_decoded_bbox:
             raise ValueError('CoATSSHead needs reg_decoded_bbox=True: its '
                              'assigned targets become query targets and '
@@ -41,6 +55,56 @@ class CoATSSHead(ATSSHead):
         """
         self._targets = super().get_targets(*args, **kwargs)
         return self._targets
+
+    def loss_by_feat(
+            self,
+            cls_scores: List[Tensor],
+            bbox_preds: List[Tensor],
+            centernesses: List[Tensor],
+            batch_gt_instances: InstanceList,
+            batch_img_metas: List[dict],
+            batch_gt_instances_ignore: OptInstanceList = None) -> dict:
+        """ATSS losses; see ``ATSSHead.loss_by_feat`` for the arguments.
+
+        With ``batched_levels`` the levels are laid side by side
+        (:func:`levels_side_by_side`) and mmdet's single-level loss runs
+        once on them: every loss is a sum over anchors (the classification
+        and centerness losses share ``avg_factor``, the box loss is divided
+        by the summed centerness targets), so the values are mmdet's.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls``, ``loss_bbox``,
+            ``loss_centerness``.
+        """
+        if not self.batched_levels:
+            return super().loss_by_feat(cls_scores, bbox_preds, centernesses,
+                                        batch_gt_instances, batch_img_metas,
+                                        batch_gt_instances_ignore)
+        device = cls_scores[0].device
+        anchors, valid_flags = self.get_anchors(
+            [featmap.size()[-2:] for featmap in bbox_preds],
+            batch_img_metas,
+            device=device)
+        anchors, labels, label_weights, bbox_targets, _, avg_factor = \
+            self.get_targets(anchors, valid_flags, batch_gt_instances,
+                             batch_img_metas, batch_gt_instances_ignore)
+        avg_factor = reduce_mean(
+            torch.tensor(avg_factor, dtype=torch.float, device=device)).item()
+        loss_cls, loss_bbox, loss_centerness, bbox_avg_factor = \
+            self.loss_by_feat_single(
+                torch.cat(anchors, 1),
+                levels_side_by_side(cls_scores),
+                levels_side_by_side(bbox_preds),
+                levels_side_by_side(centernesses),
+                torch.cat(labels, 1),
+                torch.cat(label_weights, 1),
+                torch.cat(bbox_targets, 1),
+                avg_factor=avg_factor)
+        bbox_avg_factor = reduce_mean(bbox_avg_factor).clamp_(min=1).item()
+        return dict(
+            loss_cls=loss_cls,
+            loss_bbox=loss_bbox / bbox_avg_factor,
+            loss_centerness=loss_centerness)
 
     def loss_and_pos_coords(
             self, x: Tuple[Tensor, ...],

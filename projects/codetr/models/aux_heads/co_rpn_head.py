@@ -1,0 +1,68 @@
+"""The RPN of Co-DETR's Faster R-CNN branch."""
+from typing import List
+
+import torch
+from mmdet.models.dense_heads import RPNHead
+from mmdet.registry import MODELS
+from mmdet.utils import InstanceList, OptInstanceList
+from torch import Tensor
+
+from .level_batching import levels_side_by_side
+
+
+@MODELS.register_module()
+class CoRPNHead(RPNHead):
+    """mmdet's ``RPNHead`` with its losses computed over all levels at once.
+
+    Assignment, sampling, proposals and the loss values are mmdet's.
+
+    Args:
+        batched_levels (bool): Run mmdet's single-level loss once on the
+            levels laid side by side (:func:`levels_side_by_side`) instead
+            of once per level: both losses are sums over the sampled
+            anchors divided by one ``avg_factor``, so only the order of the
+            sum changes, for a fifth of the kernel launches (issue 13).
+            The loss entries are then tensors, not per-level lists.
+            Defaults to False (``RPNHead.loss_by_feat``): the sums in
+            mmdet's order, which match the released code's golden losses
+            bit for bit; the batched order differs in the last bits.
+        *args, **kwargs: ``RPNHead``'s arguments.
+    """
+
+    def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batched_levels = batched_levels
+
+    def loss_by_feat(self,
+                     cls_scores: List[Tensor],
+                     bbox_preds: List[Tensor],
+                     batch_gt_instances: InstanceList,
+                     batch_img_metas: List[dict],
+                     batch_gt_instances_ignore: OptInstanceList = None
+                     ) -> dict:
+        """RPN losses; see ``RPNHead.loss_by_feat`` for the arguments.
+
+        Returns:
+            dict[str, Tensor]: ``loss_rpn_cls``, ``loss_rpn_bbox``.
+        """
+        if not self.batched_levels:
+            return super().loss_by_feat(cls_scores, bbox_preds,
+                                        batch_gt_instances, batch_img_metas,
+                                        batch_gt_instances_ignore)
+        anchors, valid_flags = self.get_anchors(
+            [featmap.size()[-2:] for featmap in cls_scores],
+            batch_img_metas,
+            device=cls_scores[0].device)
+        labels, label_weights, bbox_targets, bbox_weights, avg_factor = \
+            self.get_targets(anchors, valid_flags, batch_gt_instances,
+                             batch_img_metas, batch_gt_instances_ignore)
+        loss_cls, loss_bbox = self.loss_by_feat_single(
+            levels_side_by_side(cls_scores),
+            levels_side_by_side(bbox_preds),
+            torch.stack([torch.cat(levels) for levels in anchors]),
+            torch.cat(labels, 1),
+            torch.cat(label_weights, 1),
+            torch.cat(bbox_targets, 1),
+            torch.cat(bbox_weights, 1),
+            avg_factor=avg_factor)
+        return dict(loss_rpn_cls=loss_cls, loss_rpn_bbox=loss_bbox)
