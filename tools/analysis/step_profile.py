@@ -58,7 +58,10 @@ def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
     Returns:
         dict: per-step ``wall_ms``, ``gpu_ms``, ``launches``, ``waits``
         (stream/device/event synchronisations), ``d2h`` (device-to-host
-        copies), ``scalar_reads``, ``stages``: label -> dict of
+        copies), ``scalar_reads`` (``.item()``-like reads of CPU tensors
+        too, e.g. AdamW's step counters: not all wait for the GPU;
+        ``count_host_syncs.py --device cuda`` counts those that do),
+        ``stages``: label -> dict of
         ``host_ms`` (wall time of the stage on the host, its kernels
         overlapping) and ``launches``, and ``top_kernels``: the 8 kernels
         of most GPU time, (name, ms per step).
@@ -149,7 +152,8 @@ def format_profile(name: str, result: Dict) -> str:
         f"{result['gpu_ms']:.1f} ms ({busy:.0%}), "
         f"{result['launches']:.0f} kernel launches, "
         f"{result['waits']:.0f} synchronisations, {result['memcpy']:.0f} "
-        f"memcpy calls, {result['scalar_reads']:.0f} scalar reads per step"
+        f"memcpy calls, {result['scalar_reads']:.0f} scalar reads (CPU "
+        'tensors included) per step'
     ]
     for label, stage in sorted(
             result['stages'].items(), key=lambda kv: -kv[1]['host_ms']):
