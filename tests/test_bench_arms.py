@@ -1,0 +1,48 @@
+"""The benchmark's arms: overrides reach the right config keys, the
+optimizer wrapper is the one tools/train.py builds, and round-robin timing
+runs every arm once per round with the first place rotating."""
+import os.path as osp
+import sys
+
+from codetr_testing import REPO_ROOT, build_model, tiny_model_cfg
+
+sys.path[:0] = [osp.join(REPO_ROOT, 'tools'),
+                osp.join(REPO_ROOT, 'tools', 'analysis')]
+from bench_arms import load_config  # noqa: E402
+from bench_arms import _round_robin, build_optim_wrapper  # noqa: E402
+
+
+def test_overrides_reach_model_and_optim_wrapper_keys():
+    cfg = load_config("k2@query_head.batched_matching=False,"
+                      "optim_wrapper.constructor='X',cuda_graphs=3")
+    assert cfg.model.query_head.batched_matching is False
+    assert cfg.model.cuda_graphs == 3
+    assert cfg.optim_wrapper.constructor == 'X'
+    assert 'constructor' not in cfg.model
+    assert cfg.model.backbone.init_cfg is None  # no download
+
+
+def test_config_optimizer_is_the_training_one():
+    cfg = load_config('k2')
+    model = build_model(tiny_model_cfg())
+    merged = build_optim_wrapper(model, cfg, amp=False, optimizer='config')
+    groups = merged.optimizer.param_groups
+    assert type(merged).__name__ == 'OptimWrapper'
+    assert merged.clip_grad_kwargs == dict(max_norm=0.1, norm_type=2)
+    # backbone and sampling offsets at 0.1x: two learning rates, few groups
+    assert sorted({g['lr'] for g in groups}) == [2e-5, 2e-4]
+    assert len(groups) == 2
+    plain = build_optim_wrapper(model, cfg, amp=False, optimizer='plain')
+    assert len(plain.optimizer.param_groups) == 1
+    assert sum(len(g['params']) for g in groups) == len(
+        [p for p in model.parameters() if p.requires_grad])
+
+
+def test_round_robin_rotates_the_first_arm():
+    order = []
+    times = _round_robin(['a', 'b', 'c'], 3,
+                         lambda arm: order.append(arm) or float(len(order)))
+    assert order == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
+    assert {k: len(v) for k, v in times.items()} == {0: 3, 1: 3, 2: 3}
+    assert times[0] == [1.0, 6.0, 8.0]  # arm 'a' ran 1st, 6th and 8th
+    assert times[1] == [2.0, 4.0, 9.0]
