@@ -28,6 +28,8 @@ def test_anchors_and_flags_are_mmdets(settings):
         **settings)
     for sizes, pad_shape in [([(13, 17), (7, 9), (4, 5), (2, 3), (1, 2)],
                               (100, 130)),
+                             ([(13, 17), (7, 9), (4, 5), (2, 3), (1, 2)],
+                              (60, 90)),  # part of each level invalid
                              ([(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)],
                               (128, 160))]:
         for _ in range(2):  # computed, then from the cache
@@ -42,6 +44,18 @@ def test_anchors_and_flags_are_mmdets(settings):
     first = ours.grid_priors(sizes, device='cpu')
     assert all(a is b for a, b in zip(first, ours.grid_priors(sizes,
                                                               device='cpu')))
+
+
+def test_cache_is_bounded_and_survives_inference_mode():
+    gen = CachedAnchorGenerator(max_cached=3, **ATSS)
+    with torch.inference_mode():
+        first = gen.single_level_grid_priors((4, 5), 0, device='cpu')
+    assert not first.is_inference()  # usable in training afterwards
+    for h in range(5, 10):
+        gen.single_level_grid_priors((h, 5), 0, device='cpu')
+    assert len(gen._priors) == 3  # least recently used dropped
+    again = gen.single_level_grid_priors((4, 5), 0, device='cpu')
+    assert again is not first and torch.equal(again, first)
 
 
 def uncached(cfg):

@@ -1,6 +1,6 @@
 """Inference from CUDA graphs (``CoDETR(cuda_graphs=N)``) gives the eager
-detections; without CUDA, with gradients or beyond ``N`` signatures it is
-the eager path itself."""
+detections on inputs the capture did not see; on the CPU, in training mode,
+with gradients enabled or beyond ``N`` signatures the eager path runs."""
 import pytest
 import torch
 from codetr_testing import build_model, make_batch, tiny_model_cfg
@@ -23,9 +23,11 @@ def detections(model, inputs, samples):
              r.pred_instances.labels) for r in results]
 
 
-def test_max_graphs_must_be_positive():
+def test_max_graphs_and_warmup_must_be_positive():
     with pytest.raises(ValueError, match='max_graphs'):
         CudaGraphCache(0)
+    with pytest.raises(ValueError, match='warmup'):
+        CudaGraphCache(1, warmup=0)  # the capture needs a warm-up run
 
 
 def test_cpu_inputs_run_eagerly():
@@ -60,5 +62,12 @@ def test_replayed_detections_match_eager_ones():
             assert torch.equal(mine[2], ref[2])
     # batches 0 and 1 share a signature; batch 3 is beyond max_graphs=2
     assert len(model.cuda_graphs) == 2
+    model.cuda_graphs.clear()
+    inputs = batches[0][0].cuda()
+    model.predict(inputs, batches[0][1])  # gradients enabled: eager
+    with torch.no_grad():
+        model.train().predict(inputs, batches[0][1])  # training mode
+    assert len(model.cuda_graphs) == 0
+    model.eval()
     model.to('cpu')
     assert len(model.cuda_graphs) == 0  # stale addresses are forgotten

@@ -7,6 +7,7 @@ from mmdet.models.detectors.deformable_detr import DeformableDETR
 from mmdet.models.layers import DeformableDetrTransformerEncoder
 from mmdet.structures import DetDataSample
 
+from projects.codetr.models.transformers import level_shapes
 from projects.codetr.models.transformers.level_shapes import (
     host_level_sizes, level_shape_tensors)
 
@@ -44,6 +45,7 @@ def test_two_stage_proposals_are_identical():
 
 
 def test_tracing_keeps_the_tensor():
+
     def sizes_as_tensor(shapes):
         out = host_level_sizes(shapes)
         assert out is shapes  # not read back: the graph stays dynamic
@@ -64,6 +66,40 @@ def test_cached_shape_tensors_carry_their_sizes_without_a_read():
     assert host_level_sizes(meta) == sizes
 
 
+def test_cache_evicts_least_recent_but_never_pinned(monkeypatch):
+    monkeypatch.setattr(level_shapes, '_CACHE', level_shapes.OrderedDict())
+    monkeypatch.setattr(level_shapes, '_PINNED', set())
+    monkeypatch.setattr(level_shapes, '_MAX_CACHED', 2)
+    first, _ = level_shape_tensors([(4, 4)], 'cpu')
+    key = (((4, 4), ), torch.device('cpu'))
+    level_shapes._PINNED.add(key)  # as if read inside a graph capture
+    for h in range(5, 9):
+        level_shape_tensors([(h, 4)], 'cpu')
+    assert key in level_shapes._CACHE
+    assert level_shape_tensors([(4, 4)], 'cpu')[0] is first  # kept
+    assert len(level_shapes._CACHE) == 2  # the pinned and the newest
+    with torch.inference_mode():
+        made, _ = level_shape_tensors([(9, 9)], 'cpu')
+    assert not made.is_inference()  # can be saved for backward later
+
+
+def test_all_valid_mask_gives_the_unmasked_proposals():
+    """What the CUDA graph capture relies on: an all-False padding mask
+    gives mmdet's two-stage proposals and memory of no mask, bit for bit."""
+    torch.manual_seed(0)
+    host = torch.nn.Module()
+    host.memory_trans_fc = torch.nn.Linear(8, 8)
+    host.memory_trans_norm = torch.nn.LayerNorm(8)
+    memory = torch.randn(2, int(SHAPES.prod(1).sum()), 8)
+    gen = DeformableDETR.gen_encoder_output_proposals
+    sizes = host_level_sizes(SHAPES)
+    unmasked = gen(host, memory, None, sizes)
+    all_valid = gen(host, memory,
+                    torch.zeros(memory.shape[:2], dtype=torch.bool), sizes)
+    for a, b in zip(unmasked, all_valid):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize('padded', [False, True])
 def test_pre_transformer_gives_mmdets_inputs(padded):
     """Our pre_transformer (cached level shapes) against mmdet's own, on an
@@ -78,8 +114,8 @@ def test_pre_transformer_gives_mmdets_inputs(padded):
     for img_shape in [(128, 160), (96, 130) if padded else (128, 160)]:
         samples.append(
             DetDataSample(
-                metainfo=dict(img_shape=img_shape,
-                              batch_input_shape=(128, 160))))
+                metainfo=dict(
+                    img_shape=img_shape, batch_input_shape=(128, 160))))
     ours = transformer.pre_transformer(feats, samples)
     theirs = DeformableDETR.pre_transformer(transformer, feats, samples)
     for mine, ref in zip(ours, theirs):

@@ -1,14 +1,20 @@
-"""mmdet's anchor generator, remembering the anchors of each level size.
+"""mmdet's anchor generator without a host-device copy per level and call.
 
 The RPN and ATSS heads ask for their anchors and valid flags on every
 training step (the RPN twice: for its loss and for its proposals), and
 mmdet rebuilds them each time: per level a host-to-device copy of the base
-anchors (which blocks the host) and about ten small kernels, some 250
-launches and 15 synchronisations per Co-DETR step (issue 13). Anchors
-depend only on the level's size, dtype and device, valid flags on the
-level's size and the valid (unpadded) size, so each is computed once.
+anchors (which blocks the host) and about ten small kernels, some 300
+kernel launches and 15 synchronisations per Co-DETR step (issue 13).
+
+Here the base anchors are kept on the device they were last used on, so no
+copy is left, and the anchors and valid flags of the most recent level
+sizes are kept in a small least-recently-used cache. A fixed input size
+(large-scale-jitter crops, benchmarks) hits it every step; multi-scale
+training rarely repeats a batch shape, so the cache is bounded: full-size
+anchors of one level take up to a few MiB.
 """
-from typing import Dict, Tuple
+from collections import OrderedDict
+from typing import Callable, Tuple
 
 import torch
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
@@ -18,34 +24,40 @@ from torch import Tensor
 
 @TASK_UTILS.register_module()
 class CachedAnchorGenerator(AnchorGenerator):
-    """``AnchorGenerator`` whose per-level anchors and valid flags are
-    cached; the same values, arguments and outputs.
+    """``AnchorGenerator`` with device-resident base anchors and a bounded
+    cache of per-level anchors and valid flags; the same values, arguments
+    and outputs.
 
     The cached tensors are shared between calls and must not be modified in
-    place (mmdet's heads, assigners and coders only read them).
+    place (mmdet's heads, assigners and coders only read them); they are
+    made outside inference mode, so anchors first made during an
+    ``inference_mode`` evaluation can still be used in training.
 
     Args:
         max_cached (int): Most (level size, dtype, device) entries of each
-            kind kept; later ones are computed as mmdet does. Defaults to
-            1024 (multi-scale training meets a few hundred).
+            kind kept, least recently used dropped first. Defaults to 40:
+            8 batch shapes of 5 levels.
         **kwargs: ``AnchorGenerator``'s arguments.
     """
 
-    def __init__(self, *args, max_cached: int = 1024, **kwargs) -> None:
+    def __init__(self, *args, max_cached: int = 40, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.use_box_type:
             raise ValueError('CachedAnchorGenerator returns plain tensors; '
                              'use AnchorGenerator for use_box_type=True')
         self.max_cached = max_cached
-        self._priors: Dict[tuple, Tensor] = {}
-        self._flags: Dict[tuple, Tensor] = {}
+        self._priors: 'OrderedDict[tuple, Tensor]' = OrderedDict()
+        self._flags: 'OrderedDict[tuple, Tensor]' = OrderedDict()
 
-    def _cached(self, cache: Dict[tuple, Tensor], key: tuple, make) -> Tensor:
+    def _cached(self, cache: 'OrderedDict[tuple, Tensor]', key: tuple,
+                make: Callable[[], Tensor]) -> Tensor:
         value = cache.get(key)
         if value is None:
-            value = make()
-            if len(cache) < self.max_cached:
-                cache[key] = value
+            with torch.inference_mode(False):
+                value = cache[key] = make()
+            while len(cache) > self.max_cached:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
         return value
 
     def single_level_grid_priors(self,
@@ -55,7 +67,15 @@ class CachedAnchorGenerator(AnchorGenerator):
                                  device='cuda') -> Tensor:
         """Anchors of one level, (h * w * num_base_anchors, 4) absolute
         (x1, y1, x2, y2); see ``AnchorGenerator``."""
-        key = (tuple(featmap_size), level_idx, dtype, torch.device(device))
+        device = torch.device(device)
+        base = self.base_anchors[level_idx]
+        if base.device.type != device.type or (
+                device.index is not None and base.device.index !=
+                device.index):
+            # mmdet's ``.to(device)`` of the base anchors is then a no-op
+            with torch.inference_mode(False):
+                self.base_anchors[level_idx] = base.to(device)
+        key = (tuple(featmap_size), level_idx, dtype, device)
         return self._cached(
             self._priors, key, lambda: super(CachedAnchorGenerator, self).
             single_level_grid_priors(featmap_size, level_idx, dtype, device))

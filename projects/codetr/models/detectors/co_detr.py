@@ -1,7 +1,7 @@
 """The Co-DETR detector: one query head trained together with one-to-many
 auxiliary heads on the encoder output."""
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmdet.models.detectors import BaseDetector
@@ -276,8 +276,11 @@ class CoDETR(BaseDetector):
                           batch_data_samples: SampleList
                           ) -> Tuple[Tensor, Tensor]:
         """:meth:`detr_predictions`, from a CUDA graph when enabled."""
-        if self.cuda_graphs is None or not batch_inputs.is_cuda or \
-                torch.is_grad_enabled() or torch.jit.is_tracing():
+        # graphs in eval mode only: in training mode Co-DINO's forward adds
+        # denoising queries built from each batch's boxes
+        if self.cuda_graphs is None or self.training or \
+                not batch_inputs.is_cuda or torch.is_grad_enabled() or \
+                torch.jit.is_tracing():
             return self.detr_predictions(batch_inputs, batch_data_samples)
         # what the forward reads from the samples: the padding masks' shapes
         key = (tuple(batch_data_samples[0].batch_input_shape),
@@ -286,8 +289,10 @@ class CoDETR(BaseDetector):
             lambda x: self.detr_predictions(x, batch_data_samples), key,
             batch_inputs)
 
-    def _apply(self, fn, *args, **kwargs):
-        # .to() / .half() move the tensors a captured graph points at
+    def _apply(self, fn: Callable, *args, **kwargs) -> 'CoDETR':
+        """``nn.Module._apply`` (behind ``.to()``, ``.cuda()``,
+        ``.half()``), forgetting the CUDA graphs: they point at the tensors
+        being replaced."""
         if getattr(self, 'cuda_graphs', None) is not None:
             self.cuda_graphs.clear()
         return super()._apply(fn, *args, **kwargs)

@@ -14,14 +14,15 @@ hundreds of shapes: each new one costs a capture (two eager warm-up
 forwards and the capture itself) and its own memory, so at most
 ``max_graphs`` are kept and inputs beyond them run eagerly.
 """
-import collections
-from typing import Callable, Hashable, NamedTuple, Tuple
+from typing import Callable, Dict, Hashable, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
 
 
 class _Captured(NamedTuple):
+    """A captured graph, the input buffer it reads and the outputs it
+    writes (kept alive: the graph holds their addresses)."""
     graph: 'torch.cuda.CUDAGraph'
     static_input: Tensor
     outputs: Tuple[Tensor, ...]
@@ -30,19 +31,28 @@ class _Captured(NamedTuple):
 class CudaGraphCache:
     """CUDA graphs of a tensor function, keyed by signature.
 
+    A graph reads the module's tensors at the addresses they had when it was
+    captured: :meth:`clear` must be called when they are replaced (the
+    owning ``CoDETR`` does so on ``.to()``, ``.cuda()``, ``.half()``;
+    replacing parameters otherwise, e.g. ``.half()`` on a submodule or
+    ``load_state_dict(..., assign=True)``, needs an explicit ``clear()``).
+    ``load_state_dict`` copying into the parameters needs nothing.
+
     Args:
         max_graphs (int): Most signatures captured; later ones run eagerly.
-        warmup (int): Eager runs on a side stream before a capture (they
-            initialise cuBLAS/cuDNN workspaces outside the graph).
+        warmup (int): Eager runs on a side stream before a capture (at
+            least 1: they initialise cuBLAS/cuDNN workspaces and the cached
+            constants, such as the level shapes, outside the graph).
     """
 
     def __init__(self, max_graphs: int, warmup: int = 2) -> None:
         if max_graphs < 1:
             raise ValueError(f'max_graphs must be >= 1, got {max_graphs}')
+        if warmup < 1:
+            raise ValueError(f'warmup must be >= 1, got {warmup}')
         self.max_graphs = max_graphs
         self.warmup = warmup
-        self._graphs: 'collections.OrderedDict[Hashable, _Captured]' = \
-            collections.OrderedDict()
+        self._graphs: Dict[Hashable, _Captured] = {}
 
     def __len__(self) -> int:
         return len(self._graphs)

@@ -156,6 +156,12 @@ class CoTransformerBase(BaseModule):
         of the batch is padded (mmdet's rule, so its positional encoding of
         an unpadded batch is reproduced).
 
+        Args:
+            mlvl_feats (tuple[Tensor]): Neck outputs, each (bs, dim, h, w),
+                for the levels' sizes.
+            batch_data_samples (list[DetDataSample]): ``batch_input_shape``
+                and each image's ``img_shape`` (h, w).
+
         Returns:
             list[Tensor | None]: Per level (bs, h_l, w_l) bool, or None.
         """

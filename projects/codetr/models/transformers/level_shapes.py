@@ -9,16 +9,20 @@ The sizes are known on the host from the tensors' shapes, so here the
 device tensors are built once per set of sizes and device, and carry their
 host values along.
 """
-from typing import Dict, List, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import List, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor
 
 #: Attribute of a cached shape tensor holding its sizes as Python ints.
 _HOST_SIZES = '_codetr_host_sizes'
-#: Distinct (sizes, device) kept; multi-scale training sees a few hundred.
+#: Entries kept (least recently used evicted); one is two tiny tensors.
 _MAX_CACHED = 4096
-_CACHE: Dict[tuple, Tuple[Tensor, Tensor]] = {}
+_CACHE: 'OrderedDict[tuple, Tuple[Tensor, Tensor]]' = OrderedDict()
+#: Entries read inside a CUDA graph capture: the graph holds their
+#: addresses, so they are never evicted (freed memory would be replayed).
+_PINNED: Set[tuple] = set()
 
 
 def level_shape_tensors(sizes: Sequence[Tuple[int, int]],
@@ -28,7 +32,9 @@ def level_shape_tensors(sizes: Sequence[Tuple[int, int]],
 
     The values and dtypes of mmdet's ``DeformableDETR.pre_transformer``;
     the tensors are cached and shared, so they must not be modified in
-    place (nothing in mmdet or mmcv does).
+    place (nothing in mmdet or mmcv does). They are made outside inference
+    mode, so a pair first made in an ``inference_mode`` evaluation can be
+    saved for backward by mmcv's deformable attention in training.
 
     Args:
         sizes (Sequence[tuple[int, int]]): (h, w) of every level.
@@ -38,20 +44,44 @@ def level_shape_tensors(sizes: Sequence[Tuple[int, int]],
         tuple[Tensor, Tensor]: (num_levels, 2) int64 as (h, w), and
         (num_levels, ) int64 index of each level's first point in the
         flattened features.
+
+    Raises:
+        RuntimeError: For sizes first seen inside a CUDA graph capture,
+            where the host-to-device copy is not allowed (run the forward
+            once before capturing, as ``CudaGraphCache`` does).
     """
     sizes = tuple((int(h), int(w)) for h, w in sizes)
     key = (sizes, torch.device(device))
+    capturing = torch.cuda.is_available() and \
+        torch.cuda.is_current_stream_capturing()
     cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
-    shapes = torch.tensor(sizes, dtype=torch.long).view(-1, 2)
-    starts = torch.cat(
-        (shapes.new_zeros((1, )), shapes.prod(1).cumsum(0)[:-1]))
-    shapes, starts = shapes.to(device), starts.to(device)
-    setattr(shapes, _HOST_SIZES, [tuple(hw) for hw in sizes])
-    if len(_CACHE) < _MAX_CACHED:
-        _CACHE[key] = (shapes, starts)
-    return shapes, starts
+    if cached is None:
+        if capturing:
+            raise RuntimeError(
+                f'level sizes {sizes} first seen inside a CUDA graph '
+                'capture: run the forward once before capturing')
+        with torch.inference_mode(False):
+            shapes = torch.tensor(sizes, dtype=torch.long).view(-1, 2)
+            starts = torch.cat(
+                (shapes.new_zeros((1, )), shapes.prod(1).cumsum(0)[:-1]))
+            shapes, starts = shapes.to(device), starts.to(device)
+        setattr(shapes, _HOST_SIZES, [tuple(hw) for hw in sizes])
+        cached = _CACHE[key] = (shapes, starts)
+        _evict()
+    _CACHE.move_to_end(key)
+    if capturing:
+        _PINNED.add(key)
+    return cached
+
+
+def _evict() -> None:
+    """Drop least recently used entries beyond ``_MAX_CACHED``, never the
+    pinned ones."""
+    for key in list(_CACHE):
+        if len(_CACHE) <= _MAX_CACHED:
+            return
+        if key not in _PINNED:
+            del _CACHE[key]
 
 
 def host_level_sizes(
