@@ -46,3 +46,26 @@ def test_round_robin_rotates_the_first_arm():
     assert {k: len(v) for k, v in times.items()} == {0: 3, 1: 3, 2: 3}
     assert times[0] == [1.0, 6.0, 8.0]  # arm 'a' ran 1st, 6th and 8th
     assert times[1] == [2.0, 4.0, 9.0]
+
+
+def test_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """The CLI's whole path (arms, table, stages, profile, JSON) on a tiny
+    input: a smoke test, no timing is checked."""
+    import json
+    import subprocess
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run([
+        sys.executable, 'tools/analysis/benchmark.py', '--device', 'cpu',
+        '--models', 'k0@query_head.batched_matching=False', '--precisions',
+        'fp32', '--train-size', '128', '160', '--infer-size', '128', '160',
+        '--warmup', '1', '--iters', '1', '--infer-iters', '1', '--stages',
+        '--profile', 'k0@query_head.batched_matching=False', '--out',
+        str(out)
+    ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '| k0@query_head.batched_matching=False | fp32 |' in proc.stdout
+    assert 'stages of k0' in proc.stdout and 'backward' in proc.stdout
+    assert 'profile of k0@query_head.batched_matching=False (fp32)' in \
+        proc.stdout
+    rows = json.loads(out.read_text())
+    assert rows[0]['optimizer_groups'] == 2 and rows[0]['step_ms'] > 0
