@@ -116,33 +116,18 @@ class CoDETROnnxModel(nn.Module):
         """
         transformer = self.detector.query_head.transformer
         masks = self.level_masks(img_sizes, batch_hw, feats)
-        feat_flat, pos_flat, mask_flat, shapes = [], [], [], []
-        for lvl, (feat, mask) in enumerate(zip(feats, masks)):
-            pos = transformer.positional_encoding(mask)
-            feat_flat.append(feat.flatten(2).transpose(1, 2))
-            pos_flat.append(
-                pos.flatten(2).transpose(1, 2) +
-                transformer.level_embed[lvl].view(1, 1, -1))
-            mask_flat.append(mask.flatten(1))
-            shapes.append(torch._shape_as_tensor(feat)[2:])
+        feat, feat_pos, memory_mask = transformer.flatten_levels(feats, masks)
         # (num_levels, 2), int64, on the features' device: mmcv's CUDA
         # deformable attention reads it there
-        spatial_shapes = torch.stack(shapes).to(feats[0].device)
+        spatial_shapes = torch.stack(
+            [torch._shape_as_tensor(f)[2:] for f in feats]).to(feats[0].device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(
             (1, )), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack(
             [transformer.get_valid_ratio(m) for m in masks], 1)
-        memory_mask = torch.cat(mask_flat, 1)
-        common = dict(
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios)
-        encoder_inputs = dict(
-            feat=torch.cat(feat_flat, 1),
-            feat_mask=memory_mask,
-            feat_pos=torch.cat(pos_flat, 1),
-            **common)
-        return encoder_inputs, dict(memory_mask=memory_mask, **common)
+        return transformer.stage_inputs(feat, feat_pos, memory_mask,
+                                        spatial_shapes, level_start_index,
+                                        valid_ratios)
 
     def forward(self, inputs: Tensor,
                 img_sizes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

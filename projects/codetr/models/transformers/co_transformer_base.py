@@ -9,7 +9,7 @@ same names and reuses mmdet's stage functions unchanged. Subclasses add the
 query selection (``pre_decoder``), their decoder and the decoding of the
 customised positive queries (``forward_aux``).
 """
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -120,33 +120,59 @@ class CoTransformerBase(BaseModule):
             return DeformableDETR.pre_transformer(self, mlvl_feats,
                                                   batch_data_samples)
         masks = self.level_masks(mlvl_feats, batch_data_samples)
-        feats, pos_embeds, mask_flatten = [], [], []
-        for lvl, (feat, mask) in enumerate(zip(mlvl_feats, masks)):
-            bs, dims = feat.shape[:2]
-            pos = self.positional_encoding(mask, input=feat)
-            feats.append(feat.view(bs, dims, -1).permute(0, 2, 1))
-            pos_embeds.append(
-                pos.view(bs, dims, -1).permute(0, 2, 1) +
-                self.level_embed[lvl].view(1, 1, -1))
-            mask_flatten.append(None if mask is None else mask.flatten(1))
+        feat, feat_pos, memory_mask = self.flatten_levels(mlvl_feats, masks)
         spatial_shapes, level_start_index = level_shape_tensors(
-            [feat.shape[-2:] for feat in mlvl_feats], mlvl_feats[0].device)
-        if masks[0] is None:
-            memory_mask = None
-            valid_ratios = mlvl_feats[0].new_ones(bs, len(mlvl_feats), 2)
+            [f.shape[-2:] for f in mlvl_feats], mlvl_feats[0].device)
+        if memory_mask is None:
+            valid_ratios = feat.new_ones(feat.size(0), len(mlvl_feats), 2)
         else:
-            memory_mask = torch.cat(mask_flatten, 1)
             valid_ratios = torch.stack(
                 [self.get_valid_ratio(m) for m in masks], 1)
+        return self.stage_inputs(feat, feat_pos, memory_mask, spatial_shapes,
+                                 level_start_index, valid_ratios)
+
+    def flatten_levels(
+        self, mlvl_feats: Sequence[Tensor],
+        masks: Sequence[Optional[Tensor]]
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The levels flattened and concatenated, as mmdet's
+        ``pre_transformer`` does.
+
+        Args:
+            mlvl_feats (Sequence[Tensor]): Each (bs, dim, h_l, w_l).
+            masks (Sequence[Tensor | None]): Each (bs, h_l, w_l) bool, True
+                on padding, or all None (no padding).
+
+        Returns:
+            tuple: Features (bs, sum(h_l * w_l), dim), their sine position
+            plus level embeddings (same shape), and the padding mask
+            (bs, sum(h_l * w_l)) or None.
+        """
+        feats, pos_embeds, flat_masks = [], [], []
+        for lvl, (feat, mask) in enumerate(zip(mlvl_feats, masks)):
+            pos = self.positional_encoding(mask, input=feat)
+            feats.append(feat.flatten(2).transpose(1, 2))
+            pos_embeds.append(
+                pos.flatten(2).transpose(1, 2) +
+                self.level_embed[lvl].view(1, 1, -1))
+            flat_masks.append(None if mask is None else mask.flatten(1))
+        memory_mask = None if flat_masks[0] is None else torch.cat(
+            flat_masks, 1)
+        return torch.cat(feats, 1), torch.cat(pos_embeds, 1), memory_mask
+
+    @staticmethod
+    def stage_inputs(feat: Tensor, feat_pos: Tensor,
+                     memory_mask: Optional[Tensor], spatial_shapes: Tensor,
+                     level_start_index: Tensor,
+                     valid_ratios: Tensor) -> Tuple[Dict, Dict]:
+        """The encoder's keyword arguments and the decoder inputs, in the
+        layout of mmdet's ``pre_transformer``."""
         levels = dict(
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
             valid_ratios=valid_ratios)
         encoder_inputs = dict(
-            feat=torch.cat(feats, 1),
-            feat_mask=memory_mask,
-            feat_pos=torch.cat(pos_embeds, 1),
-            **levels)
+            feat=feat, feat_mask=memory_mask, feat_pos=feat_pos, **levels)
         return encoder_inputs, dict(memory_mask=memory_mask, **levels)
 
     @staticmethod
