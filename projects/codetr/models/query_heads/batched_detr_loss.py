@@ -21,7 +21,7 @@ mmdet's to float32 rounding (the L1 weight 5 is applied before the sum
 instead of after it; weights that are powers of two give identical values).
 ``batched_matching=False`` keeps mmdet's per-layer path.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -136,10 +136,12 @@ class BatchedMatchingDETRHead(DETRHead):
             layer.
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
+        # one host-to-device copy of the image sizes, for matching and loss
+        factors = self._image_factors(batch_img_metas, bbox_preds.float())
         (labels, label_weights, bbox_targets, bbox_weights,
          num_pos) = self.hungarian_targets(cls_scores, bbox_preds,
                                            batch_gt_instances,
-                                           batch_img_metas)
+                                           batch_img_metas, factors)
         num_neg = bs * num_queries - num_pos
         cls_avg = num_pos * 1.0 + num_neg * self.bg_cls_weight
         reg_avg = num_pos.astype(np.float64)
@@ -161,9 +163,8 @@ class BatchedMatchingDETRHead(DETRHead):
             self.cls_loss_targets(labels, flat_preds, bbox_targets),
             label_weights,
             reduction_override='none')
-        factors = self._image_factors(batch_img_metas, flat_preds)
-        factors = factors[None, :, None].expand(num_layers, bs, num_queries,
-                                                4).reshape(-1, 4)
+        factors = factors.to(flat_preds.dtype)[None, :, None].expand(
+            num_layers, bs, num_queries, 4).reshape(-1, 4)
         loss_iou = self.loss_iou(
             bbox_cxcywh_to_xyxy(flat_preds) * factors,
             bbox_cxcywh_to_xyxy(bbox_targets) * factors,
@@ -228,16 +229,21 @@ class BatchedMatchingDETRHead(DETRHead):
         ])
 
     @torch.no_grad()
-    def hungarian_targets(self, cls_scores: Tensor, bbox_preds: Tensor,
+    def hungarian_targets(self,
+                          cls_scores: Tensor,
+                          bbox_preds: Tensor,
                           batch_gt_instances: InstanceList,
-                          batch_img_metas: List[dict]) -> tuple:
+                          batch_img_metas: List[dict],
+                          factors: Optional[Tensor] = None) -> tuple:
         """Hungarian targets of all layers and images, flattened.
 
         Non-finite predictions (a diverging fp16 step, before the loss
         scaler skips it) would make ``linear_sum_assignment`` raise; they
         are matched as zeros, and the losses still see the original values.
 
-        Args: as :meth:`loss_all_layers`.
+        Args: as :meth:`loss_all_layers`, and ``factors``: (bs, 4) fp32
+            ``[w, h, w, h]`` of each image (from ``batch_img_metas`` when
+            None).
 
         Returns:
             tuple: ``labels`` (L * bs * num_queries, ) with ``num_classes``
@@ -249,7 +255,8 @@ class BatchedMatchingDETRHead(DETRHead):
         num_layers, bs, num_queries, channels = cls_scores.shape
         scores = torch.nan_to_num(cls_scores.float(), 0.0, 0.0, 0.0)
         preds = torch.nan_to_num(bbox_preds.float(), 0.5, 1.0, 0.0)
-        factors = self._image_factors(batch_img_metas, preds)
+        if factors is None:
+            factors = self._image_factors(batch_img_metas, preds)
         costs = []
         for img, (gt, meta) in enumerate(zip(batch_gt_instances,
                                              batch_img_metas)):
