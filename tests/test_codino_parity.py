@@ -21,6 +21,18 @@ kernels that block differently for another batch size) flips, and a
 flipped query moves every other query through self-attention. Ours gives
 image 0 the same detections in both batches, equal to the released
 one-image ones.
+
+On another CPU than the one that made the golden data the bounds widen to
+what this machine's own float noise is: the randomly filled network
+amplifies one-ulp differences (another vector width or blocking of the CPU
+kernels) about a thousandfold, e.g. up to 7.6e-4 in ``loss_cls`` and
+0.03 px in boxes on an AMX Sapphire Rapids core (2026-12-02), where merely
+running our own code on 1 thread instead of 2 moves ``loss_cls`` by
+3.9e-4. ``float_noise`` measures that move on the machine running the
+tests (1 thread against the default); a bound becomes NOISE_FACTOR times
+the measured noise where that exceeds the exact bound, and never more than
+the released code's own reproducibility (DECODER_RTOL, BATCH_NOISE). Where
+our code reproduces itself across thread counts the exact bounds apply.
 """
 from typing import Dict, List
 
@@ -45,6 +57,11 @@ DECODER_RTOL = 2e-3
 # released ones; seen: 0.058 px, 3.3e-4 in score, 4 detections moved to
 # another class. The released code's own image 0 moves 0.04 px / 1.1e-4.
 BATCH_NOISE = dict(box=0.2, score=1e-3, moved=8)
+# a bound widened by this machine's float noise: this many times the noise
+NOISE_FACTOR = 4
+# paired detections further apart than this are different detections (a
+# near-tied score let another one into the top-k): counted as moved
+SWAP_PX = 1.0
 # detections per image the released test configs keep
 DETECTIONS_PER_IMAGE = {'detr': 300, 'one-stage': 100, 'two-stage': 100}
 
@@ -89,16 +106,19 @@ def losses_of(parity, tag: str, seed: int) -> Dict[str, float]:
 
 
 @pytest.mark.parametrize('tag', TAGS)
-def test_losses_match_the_released_code(parity, tag):
+def test_losses_match_the_released_code(parity, float_noise, tag):
     gold = parity[2][tag]
     ours = losses_of(parity, tag, seed=0)
     assert set(ours) == set(gold['losses'])  # the same 35 loss entries
     keys = gold['deterministic']
     assert len(keys) == {'one': 27, 'three': 15}[tag]
 
+    noise = NOISE_FACTOR * float_noise['losses'][tag]
+
     def rtol(key: str) -> float:
-        return DECODER_RTOL if tag == 'three' and key in DECODER_LOSSES \
+        exact = DECODER_RTOL if tag == 'three' and key in DECODER_LOSSES \
             else RTOL
+        return max(exact, min(DECODER_RTOL, noise))
 
     mismatches = {
         key: (ours[key], gold['losses'][key])
@@ -156,20 +176,32 @@ def compare(ours: List[torch.Tensor], theirs: List[list]) -> Dict:
     largest coordinate difference; the order of near-tied scores is not
     compared) and report the worst pair and the detections not paired.
 
+    Args:
+        ours (list[Tensor]): Per class (n, 5) [x1, y1, x2, y2, score].
+        theirs (list[list]): Per class the released flat [x1, ..., score]
+            values (or tensors, e.g. a second run of ours).
+
     Returns:
         dict: ``box`` (px) and ``score``: largest absolute differences of
         paired detections; ``moved``: detections in a class that has more
-        of them on one side than on the other.
+        of them on one side than on the other, and pairs more than SWAP_PX
+        apart (another detection took the place).
     """
     worst = dict(box=0.0, score=0.0, moved=0)
     for mine, gold in zip(ours, theirs):
-        gold = torch.tensor(gold).reshape(-1, 5)
+        gold = torch.as_tensor(gold).reshape(-1, 5)
         worst['moved'] += abs(len(mine) - len(gold))
         if not len(mine) or not len(gold):
             continue
         cost = (mine[:, None, :4] - gold[None, :, :4]).abs().amax(-1)
         rows, cols = linear_sum_assignment(cost.numpy())
-        worst['box'] = max(worst['box'], float(cost[rows, cols].max()))
+        errors = cost[rows, cols]
+        same = errors <= SWAP_PX
+        worst['moved'] += int((~same).sum())
+        if not same.any():
+            continue
+        rows, cols = rows[same.numpy()], cols[same.numpy()]
+        worst['box'] = max(worst['box'], float(errors[same].max()))
         worst['score'] = max(
             worst['score'],
             float((mine[rows, 4] - gold[cols, 4]).abs().max()))
@@ -179,20 +211,77 @@ def compare(ours: List[torch.Tensor], theirs: List[list]) -> Dict:
 EXACT = dict(box=1e-3, score=1e-5, moved=0)
 
 
+@pytest.fixture(scope='module')
+def float_noise(parity) -> Dict:
+    """How far our own results move on this machine when only the blocking
+    of the CPU kernels changes: 1 thread against the default (2 where the
+    default is 1).
+
+    Returns:
+        dict: ``losses``: tag -> largest relative change of a deterministic
+        loss; ``detections``: (tag, eval_module) -> :func:`compare` of the
+        two runs, worst over the images.
+    """
+    gold = parity[2]
+
+    def run() -> Dict:
+        return {
+            tag: (losses_of(parity, tag, seed=0), {
+                module: predictions(parity, tag, module)
+                for module in DETECTIONS_PER_IMAGE
+            })
+            for tag in TAGS
+        }
+
+    threads = torch.get_num_threads()
+    default = run()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        other = run()
+    finally:
+        torch.set_num_threads(threads)
+    noise = dict(losses={}, detections={})
+    for tag in TAGS:
+        a, b = default[tag][0], other[tag][0]
+        noise['losses'][tag] = max(
+            abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+            for k in gold[tag]['deterministic'])
+        for module in DETECTIONS_PER_IMAGE:
+            worst = dict(box=0.0, score=0.0, moved=0)
+            for mine, again in zip(default[tag][1][module],
+                                   other[tag][1][module]):
+                for key, value in compare(mine, again).items():
+                    worst[key] = max(worst[key], value)
+            noise['detections'][tag, module] = worst
+    return noise
+
+
+def widened(bound: Dict, noise: Dict) -> Dict:
+    """``bound`` widened to NOISE_FACTOR x this machine's ``noise`` where
+    that is larger, at most to the released code's own BATCH_NOISE."""
+    return {
+        key: max(bound[key], min(BATCH_NOISE[key], NOISE_FACTOR * noise[key]))
+        for key in bound
+    }
+
+
 @pytest.mark.parametrize('eval_module', list(DETECTIONS_PER_IMAGE))
 @pytest.mark.parametrize('tag', TAGS)
-def test_detections_match_the_released_code(parity, tag, eval_module):
+def test_detections_match_the_released_code(parity, float_noise, tag,
+                                            eval_module):
     expected = parity[2][tag]['pred'][eval_module]
     ours = predictions(parity, tag, eval_module)
     assert len(ours) == len(expected)
     bound = BATCH_NOISE if (tag, eval_module) == ('three', 'detr') else EXACT
+    bound = widened(bound, float_noise['detections'][tag, eval_module])
     for image, (mine, theirs) in enumerate(zip(ours, expected)):
         worst = compare(mine, theirs)
         over = {k: v for k, v in worst.items() if v > bound[k]}
         assert not over, f'image {image}: {worst} (allowed: {bound})'
 
 
-def test_query_head_detections_do_not_depend_on_the_batch(parity):
+def test_query_head_detections_do_not_depend_on_the_batch(parity,
+                                                          float_noise):
     """Image 0 alone and in the three-image batch: the same detections,
     equal to the released one-image ones (the strict reference for the
     three-image query head)."""
@@ -205,7 +294,8 @@ def test_query_head_detections_do_not_depend_on_the_batch(parity):
         torch.testing.assert_close(mine[:, 4], other[:, 4], rtol=0,
                                    atol=EXACT['score'])
     worst = compare(batched, parity[2]['one']['pred']['detr'][0])
-    assert all(worst[k] <= EXACT[k] for k in EXACT), worst
+    bound = widened(EXACT, float_noise['detections']['one', 'detr'])
+    assert all(worst[k] <= bound[k] for k in bound), (worst, bound)
 
 
 def test_released_query_head_depends_on_the_batch(parity):
