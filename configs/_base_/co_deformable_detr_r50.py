@@ -126,8 +126,9 @@ model = dict(
             loss_weight=1.0 * aux_weight),
         loss_bbox=dict(type='L1Loss', loss_weight=1.0 * aux_weight),
         train_cfg=dict(
+            # mmdet's MaxIoUAssigner, same assignment, no device reads
             assigner=dict(
-                type='MaxIoUAssigner',
+                type='SyncFreeMaxIoUAssigner',
                 pos_iou_thr=0.7,
                 neg_iou_thr=0.3,
                 min_pos_iou=0.3,
@@ -181,8 +182,9 @@ model = dict(
                 loss_bbox=dict(type='GIoULoss',
                                loss_weight=10.0 * aux_weight)),
             train_cfg=dict(
+                # mmdet's MaxIoUAssigner, same assignment, no device reads
                 assigner=dict(
-                    type='MaxIoUAssigner',
+                    type='SyncFreeMaxIoUAssigner',
                     pos_iou_thr=0.5,
                     neg_iou_thr=0.5,
                     min_pos_iou=0.5,

@@ -6,8 +6,9 @@ from .co_atss_head import CoATSSHead
 from .co_fcos_head import CoFCOSHead
 from .co_rpn_head import CoRPNHead
 from .co_standard_roi_head import CoStandardRoIHead
+from .sync_free_max_iou_assigner import SyncFreeMaxIoUAssigner
 
 __all__ = [
     'CachedAnchorGenerator', 'CoATSSHead', 'CoFCOSHead', 'CoRPNHead',
-    'CoStandardRoIHead'
+    'CoStandardRoIHead', 'SyncFreeMaxIoUAssigner'
 ]

@@ -46,6 +46,23 @@ class CoATSSHead(ATSSHead):
                              'must be absolute boxes, not deltas.')
         self._targets = None
 
+    def get_num_level_anchors_inside(self, num_level_anchors: List[int],
+                                     inside_flags: Tensor) -> List[int]:
+        """mmdet's count of valid anchors per level, read in one transfer.
+
+        mmdet reads each level's count on its own (``int(flags.sum())``):
+        one wait for the GPU per level and image; the counts are the same.
+
+        Args:
+            num_level_anchors (list[int]): Anchors per level.
+            inside_flags (Tensor): (sum(num_level_anchors), ) bool.
+
+        Returns:
+            list[int]: Valid anchors per level.
+        """
+        levels = inside_flags.split(num_level_anchors)
+        return torch.stack([flags.sum() for flags in levels]).tolist()
+
     def get_targets(self, *args, **kwargs) -> tuple:
         """mmdet's targets, kept for :meth:`loss_and_pos_coords`.
 
