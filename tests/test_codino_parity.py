@@ -6,7 +6,8 @@ third without boxes). See ``tests/data/parity/README.md``, section
 ``codino/``.
 
 Exact (losses within 1e-4 relative, boxes within 1e-3 px, scores within
-1e-5): every seed-independent loss and every detection of the one-image
+1e-5), on a machine whose float kernels reproduce the golden run (see
+below): every seed-independent loss and every detection of the one-image
 batch, and with three images every loss and detection that does not pass
 through the query selection (encoder, RPN, RoI and ATSS losses; ATSS and
 RPN + RoI detections).
@@ -26,13 +27,16 @@ On another CPU than the one that made the golden data the bounds widen to
 what this machine's own float noise is: the randomly filled network
 amplifies one-ulp differences (another vector width or blocking of the CPU
 kernels) about a thousandfold, e.g. up to 7.6e-4 in ``loss_cls`` and
-0.03 px in boxes on an AMX Sapphire Rapids core (2026-12-02), where merely
+0.06 px in boxes on an AMX Sapphire Rapids core (2026-12-02), where merely
 running our own code on 1 thread instead of 2 moves ``loss_cls`` by
 3.9e-4. ``float_noise`` measures that move on the machine running the
-tests (1 thread against the default); a bound becomes NOISE_FACTOR times
-the measured noise where that exceeds the exact bound, and never more than
-the released code's own reproducibility (DECODER_RTOL, BATCH_NOISE). Where
-our code reproduces itself across thread counts the exact bounds apply.
+tests (1 thread against the default), per loss and per evaluation module;
+a bound becomes NOISE_FACTOR times the measured noise (MOVED_FACTOR for
+the count of swapped detections) where that exceeds the exact bound, and
+never more than the released code's own reproducibility (DECODER_RTOL,
+BATCH_NOISE). A loss or module that reproduces itself across thread counts
+(there: the RPN, RoI, ATSS and encoder losses, the ATSS and RPN + RoI
+detections) keeps its exact bound.
 """
 from typing import Dict, List
 
@@ -59,6 +63,9 @@ DECODER_RTOL = 2e-3
 BATCH_NOISE = dict(box=0.2, score=1e-3, moved=8)
 # a bound widened by this machine's float noise: this many times the noise
 NOISE_FACTOR = 4
+# detections that another one replaced at the top-k cut: twice as many as
+# the two thread counts swap
+MOVED_FACTOR = 2
 # paired detections further apart than this are different detections (a
 # near-tied score let another one into the top-k): counted as moved
 SWAP_PX = 1.0
@@ -113,12 +120,14 @@ def test_losses_match_the_released_code(parity, float_noise, tag):
     keys = gold['deterministic']
     assert len(keys) == {'one': 27, 'three': 15}[tag]
 
-    noise = NOISE_FACTOR * float_noise['losses'][tag]
+    noise = float_noise['losses'][tag]
 
     def rtol(key: str) -> float:
         exact = DECODER_RTOL if tag == 'three' and key in DECODER_LOSSES \
             else RTOL
-        return max(exact, min(DECODER_RTOL, noise))
+        # each loss widened by its own noise only: the RPN, RoI, ATSS and
+        # encoder losses hardly move (<= 2e-6) and stay at RTOL
+        return max(exact, min(DECODER_RTOL, NOISE_FACTOR * noise[key]))
 
     mismatches = {
         key: (ours[key], gold['losses'][key])
@@ -218,9 +227,9 @@ def float_noise(parity) -> Dict:
     default is 1).
 
     Returns:
-        dict: ``losses``: tag -> largest relative change of a deterministic
-        loss; ``detections``: (tag, eval_module) -> :func:`compare` of the
-        two runs, worst over the images.
+        dict: ``losses``: tag -> {key: relative change} of the
+        deterministic losses; ``detections``: (tag, eval_module) ->
+        :func:`compare` of the two runs, worst over the images.
     """
     gold = parity[2]
 
@@ -243,9 +252,10 @@ def float_noise(parity) -> Dict:
     noise = dict(losses={}, detections={})
     for tag in TAGS:
         a, b = default[tag][0], other[tag][0]
-        noise['losses'][tag] = max(
-            abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
-            for k in gold[tag]['deterministic'])
+        noise['losses'][tag] = {
+            k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+            for k in gold[tag]['deterministic']
+        }
         for module in DETECTIONS_PER_IMAGE:
             worst = dict(box=0.0, score=0.0, moved=0)
             for mine, again in zip(default[tag][1][module],
@@ -258,9 +268,11 @@ def float_noise(parity) -> Dict:
 
 def widened(bound: Dict, noise: Dict) -> Dict:
     """``bound`` widened to NOISE_FACTOR x this machine's ``noise`` where
-    that is larger, at most to the released code's own BATCH_NOISE."""
+    that is larger (moved detections: MOVED_FACTOR x, a count), at most to
+    the released code's own BATCH_NOISE."""
+    factor = dict(box=NOISE_FACTOR, score=NOISE_FACTOR, moved=MOVED_FACTOR)
     return {
-        key: max(bound[key], min(BATCH_NOISE[key], NOISE_FACTOR * noise[key]))
+        key: max(bound[key], min(BATCH_NOISE[key], factor[key] * noise[key]))
         for key in bound
     }
 
@@ -283,8 +295,9 @@ def test_detections_match_the_released_code(parity, float_noise, tag,
 def test_query_head_detections_do_not_depend_on_the_batch(parity,
                                                           float_noise):
     """Image 0 alone and in the three-image batch: the same detections,
-    equal to the released one-image ones (the strict reference for the
-    three-image query head)."""
+    equal to the released one-image ones within the one-image bounds (the
+    reference for the three-image query head; exact where this machine's
+    float noise allows)."""
     alone = predictions(parity, 'one', 'detr')[0]
     batched = predictions(parity, 'three', 'detr')[0]
     for mine, other in zip(alone, batched):

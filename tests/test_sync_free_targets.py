@@ -202,3 +202,15 @@ def test_no_synchronisation_on_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert_same(result, ref)
+
+
+@pytest.mark.parametrize('neg_iou_thr', [1, 0.4, (0.1, 0.4)])
+def test_negative_threshold_types_as_mmdet(neg_iou_thr):
+    # mmdet assigns negatives only for a float or a tuple (an int: none)
+    overlaps = torch.tensor([[0.2, 0.35, 0.9], [0.05, 0.5, 0.1]])
+    labels = torch.tensor([1, 2])
+    cfg = dict(pos_iou_thr=0.7, neg_iou_thr=neg_iou_thr, min_pos_iou=0.3)
+    ref = MaxIoUAssigner(**cfg).assign_wrt_overlaps(overlaps, labels)
+    ours = SyncFreeMaxIoUAssigner(**cfg).assign_wrt_overlaps(overlaps, labels)
+    assert_same(ours, ref)
+    assert (ours.gt_inds == 0).any() == (not isinstance(neg_iou_thr, int))

@@ -23,7 +23,8 @@ class SyncFreeMaxIoUAssigner(MaxIoUAssigner):
     by the same comparisons, so there is nothing to round). In mmdet's
     low-quality loop a later ground truth overwrites an earlier one on a
     prior both best-match; here the highest qualifying index wins, which is
-    the same rule.
+    the same rule. Labels come out long for any integer ``gt_labels``
+    (mmdet's index write needs them long already).
     """
 
     def assign_wrt_overlaps(self, overlaps: Tensor,
@@ -49,12 +50,17 @@ class SyncFreeMaxIoUAssigner(MaxIoUAssigner):
         max_overlaps, argmax_overlaps = overlaps.max(dim=0)
         gt_max_overlaps, gt_argmax_overlaps = overlaps.max(dim=1)
 
-        if isinstance(self.neg_iou_thr, tuple):
+        gt_inds = overlaps.new_full((num_priors, ), -1, dtype=torch.long)
+        # mmdet's two forms; any other type (e.g. an int) assigns no negatives
+        negative = None
+        if isinstance(self.neg_iou_thr, float):
+            negative = (max_overlaps >= 0) & (max_overlaps < self.neg_iou_thr)
+        elif isinstance(self.neg_iou_thr, tuple):
+            assert len(self.neg_iou_thr) == 2
             low, high = self.neg_iou_thr
-        else:
-            low, high = 0, self.neg_iou_thr
-        negative = (max_overlaps >= low) & (max_overlaps < high)
-        gt_inds = torch.where(negative, 0, -1).to(torch.long)
+            negative = (max_overlaps >= low) & (max_overlaps < high)
+        if negative is not None:
+            gt_inds = gt_inds.masked_fill(negative, 0)
         gt_inds = torch.where(max_overlaps >= self.pos_iou_thr,
                               argmax_overlaps + 1, gt_inds)
 
