@@ -38,7 +38,8 @@ BATCH_NOISE). A loss or module that reproduces itself across thread counts
 (there: the RPN, RoI, ATSS and encoder losses, the ATSS and RPN + RoI
 detections) keeps its exact bound.
 """
-from typing import Dict, List
+import functools
+from typing import Callable, Dict, List
 
 import pytest
 import torch
@@ -99,6 +100,25 @@ def test_every_released_tensor_is_mapped_once_with_its_shape(parity):
         assert from_released(released) == ours  # the mapping inverts
 
 
+def once_per_thread_count(fn: Callable) -> Callable:
+    """Run ``fn(parity, ...)`` once per model, arguments and thread count:
+    the tests and ``float_noise`` ask for the same forward passes, which are
+    deterministic for a given thread count (results are shared: read-only).
+    """
+    results = {}
+
+    @functools.wraps(fn)
+    def wrapper(parity, *args, **kwargs):
+        key = (id(parity[0]), args, tuple(sorted(kwargs.items())),
+               torch.get_num_threads())
+        if key not in results:
+            results[key] = fn(parity, *args, **kwargs)
+        return results[key]
+
+    return wrapper
+
+
+@once_per_thread_count
 def losses_of(parity, tag: str, seed: int) -> Dict[str, float]:
     model, _, _ = parity
     inputs, samples = golden_batch(tag)
@@ -158,6 +178,7 @@ def test_seed_dependent_losses_stay_in_the_released_range(parity):
     assert not far, f'(ours, released seed 0, seed 1): {far}'
 
 
+@once_per_thread_count
 def predictions(parity, tag: str, eval_module: str) -> List:
     """Our detections of the golden inputs of ``tag`` with ``rescale=False``,
     per image a list of 80 (n, 5) [x1, y1, x2, y2, score] tensors."""
