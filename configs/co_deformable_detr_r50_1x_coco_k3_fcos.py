@@ -8,10 +8,6 @@
 # alone with model.eval_module='one-stage', model.eval_index=1.
 _base_ = './co_deformable_detr_r50_1x_coco.py'
 
-# Every auxiliary loss weight is the head's standalone weight x12
-# (num_dec_layer 6 x lambda_2 2.0), as for ATSS and Faster R-CNN.
-aux_weight = 12.0
-
 model = dict(
     bbox_head=dict(
         fcos=dict(
@@ -30,24 +26,12 @@ model = dict(
             norm_on_bbox=True,
             centerness_on_reg=True,
             norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
-            loss_cls=dict(
-                type='FocalLoss',
-                use_sigmoid=True,
-                gamma=2.0,
-                alpha=0.25,
-                loss_weight=1.0 * aux_weight),
-            # 1.0 as in that recipe (ATSS's own recipe uses 2.0).
-            loss_bbox=dict(type='GIoULoss', loss_weight=1.0 * aux_weight),
-            loss_centerness=dict(
-                type='CrossEntropyLoss',
-                use_sigmoid=True,
-                loss_weight=1.0 * aux_weight),
-            # As the ATSS auxiliary head, for 'one-stage' evaluation.
-            test_cfg=dict(
-                nms_pre=1000,
-                # no min_bbox_size: mmdet 2.x dense heads ignored it (only its
-                # RPN applied it), so the released test keeps the boxes that
-                # clipping to the image makes empty; mmdet 3.x would drop them.
-                score_thr=0.0,
-                nms=dict(type='nms', iou_threshold=0.6),
-                max_per_img=100))))
+            # Focal and centerness losses as the ATSS head's (x12 like every
+            # auxiliary loss); the GIoU loss at 1.0 x12 as in that recipe
+            # (ATSS's own recipe uses 2.0).
+            loss_cls=_base_.model.bbox_head.atss.loss_cls,
+            loss_bbox=dict(
+                type='GIoULoss', loss_weight=1.0 * _base_.aux_weight),
+            loss_centerness=_base_.model.bbox_head.atss.loss_centerness,
+            # As the ATSS head, for 'one-stage' evaluation.
+            test_cfg=_base_.model.bbox_head.atss.test_cfg)))

@@ -9,11 +9,5 @@ model = dict(backbone=dict(drop_path_rate=0.3))
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[30],
-        gamma=0.1)
+    dict(_base_.param_scheduler[0], end=max_epochs, milestones=[30])
 ]

@@ -10,6 +10,7 @@
 # unmasked (training and test) and nothing needs setting here.
 #
 # Copy-Paste pastes object masks: the annotations need segmentations.
+# Image loading as in _base_/coco_detection.py.
 _base_ = './co_dino_5scale_r50_1x_coco.py'
 
 image_size = (1024, 1024)
@@ -18,7 +19,8 @@ data_root = 'data/coco/'
 backend_args = None
 
 load_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RobustLoadImageFromFile', on_error='skip',
+         backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='RandomResize',
@@ -65,5 +67,9 @@ train_dataloader = dict(
             pipeline=load_pipeline,
             backend_args=backend_args),
         pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
+val_dataloader = dict(
+    dataset=dict(pipeline=[
+        dict(type='RobustLoadImageFromFile', on_error='raise',
+             backend_args=backend_args), *test_pipeline[1:]
+    ]))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -2,7 +2,7 @@
 # on COCO 2017 (published: 59.3 box AP, Sense-X/Co-DETR README). Released
 # config: co_dino/co_dino_5scale_lsj_swin_large_1x_coco.py: the Swin-L
 # model with the LSJ data of co_dino_5scale_r50_lsj_1x_coco.py at
-# 1280x1280 (see there for the padding and Copy-Paste notes).
+# 1280x1280 (see there for the padding, Copy-Paste and loader notes).
 _base_ = './co_dino_5scale_swin_large_1x_coco.py'
 
 image_size = (1280, 1280)
@@ -11,7 +11,8 @@ data_root = 'data/coco/'
 backend_args = None
 
 load_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RobustLoadImageFromFile', on_error='skip',
+         backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='RandomResize',
@@ -57,5 +58,9 @@ train_dataloader = dict(
             pipeline=load_pipeline,
             backend_args=backend_args),
         pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
+val_dataloader = dict(
+    dataset=dict(pipeline=[
+        dict(type='RobustLoadImageFromFile', on_error='raise',
+             backend_args=backend_args), *test_pipeline[1:]
+    ]))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -1,10 +1,16 @@
-"""The shipped R50 config holds the values of spec section 1, and the
-detector's config handling (one num_classes, derived num_co_heads, released
-list layout) behaves."""
+"""The shipped R50 config holds the paper's and the released values, every
+shipped config declares what a training run uses, and the detector's config
+handling (one num_classes, derived num_co_heads, released list layout)
+behaves."""
 import copy
+import os.path as osp
 
 import pytest
-from codetr_testing import build_model, load_config, tiny_model_cfg
+from codetr_testing import REPO_ROOT, build_model, load_config, tiny_model_cfg
+from mmengine.config import Config
+from zoo_testing import zoo_configs
+
+from projects.codetr.engine.run_config import add_missing_safeguards
 
 
 @pytest.fixture(scope='module')
@@ -98,6 +104,39 @@ def test_full_model_structure(cfg):
     fc_cls = model.roi_head[0].bbox_head.fc_cls
     assert fc_cls.weight.std().item() < 0.02 and (fc_cls.bias == 0).all()
     assert model.rpn_head.rpn_cls.weight.std().item() < 0.02
+
+
+@pytest.mark.parametrize('config', zoo_configs())
+def test_config_declares_what_training_uses(config):
+    """The random-state hook and the image loaders are in the config, so
+    tools/train.py adds nothing; the test pipeline keeps mmcv's loader, which
+    mmdet's inference APIs look for by type."""
+    cfg = load_config(osp.join(REPO_ROOT, config))
+    assert [h.type for h in cfg.custom_hooks] == ['RNGStateHook']
+    assert cfg.val_dataloader.dataset.pipeline[0].type == \
+        'RobustLoadImageFromFile'
+    assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
+    added = []
+    add_missing_safeguards(cfg, log=added.append)
+    assert added == []
+
+
+def test_config_without_safeguards_gets_them_with_log_lines():
+    load = [dict(type='LoadImageFromFile')]
+    cfg = Config(dict(
+        custom_hooks=[dict(type='EMAHook')],
+        train_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load))),
+        val_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load))),
+        test_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load)))))
+    added = []
+    add_missing_safeguards(cfg, log=added.append)
+    assert [h.type for h in cfg.custom_hooks] == ['EMAHook', 'RNGStateHook']
+    assert cfg.train_dataloader.dataset.pipeline[0].on_error == 'skip'
+    assert cfg.val_dataloader.dataset.pipeline[0].on_error == 'raise'
+    # a training run does not build it; tools/test.py switches it
+    assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
+    assert len(added) == 2
+    assert 'RNGStateHook' in added[0] and '2 LoadImageFromFile' in added[1]
 
 
 def test_num_classes_set_once_and_mismatch_is_clear():

@@ -76,7 +76,7 @@ PRETRAINED = {
     128: 'swin_base_patch4_window12_384_22k.pth',
     192: 'swin_large_patch4_window12_384_22k.pth',
 }
-LSJ_TRAIN = ['LoadImageFromFile', 'LoadAnnotations', 'RandomResize',
+LSJ_TRAIN = ['RobustLoadImageFromFile', 'LoadAnnotations', 'RandomResize',
              'RandomCrop', 'FilterAnnotations', 'RandomFlip', 'Pad']
 
 
@@ -191,7 +191,12 @@ def _check_data(cfg, image_size):
     assert dataset.pipeline[0].max_num_pasted == 100
     assert [t.type for t in test][:3] == ['LoadImageFromFile', 'Resize', 'Pad']
     assert test[1].scale == image_size and test[2].size == image_size
-    assert cfg.val_dataloader.dataset.pipeline == test
+    # validation: the test pipeline with the loader that names unreadable
+    # images (the test pipeline keeps mmcv's, which mmdet's APIs replace)
+    val = cfg.val_dataloader.dataset.pipeline
+    assert val[1:] == test[1:]
+    assert (val[0].type, val[0].on_error) == ('RobustLoadImageFromFile',
+                                              'raise')
 
 
 def test_lsj_pipelines_build_in_mmdet():

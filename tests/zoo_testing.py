@@ -23,8 +23,8 @@ TINY_SWIN = dict(
 
 
 def zoo_configs() -> List[str]:
-    """Every shipped experiment config under ``configs/`` (the model-only
-    bases in ``_base_`` excluded), relative to the repository root."""
+    """Every shipped experiment config under ``configs/`` (the bases in
+    ``_base_`` excluded), relative to the repository root."""
     paths = glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
                       recursive=True)
     return sorted(

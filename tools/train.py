@@ -10,8 +10,10 @@ Several GPUs / processes (see tools/dist_train.sh)::
 
 Before the runner is built, the datasets of the config are checked (paths,
 class names against the annotation file and the model's ``num_classes``,
-malformed boxes), and unreadable training images are skipped with a warning
-instead of stopping the run.
+malformed boxes). The config states the whole run: the shipped ones declare
+the random-state hook for exact ``--resume`` and the image loader that skips
+unreadable training images; a config without them gets them added, with a
+log line saying so.
 """
 import argparse
 import os
@@ -74,8 +76,6 @@ def parse_args() -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace):
     """Load the config and apply the command-line options."""
-    from projects.codetr.datasets.robust_loading import \
-        use_robust_image_loading
     from projects.codetr.engine import cli_support, run_config
 
     cfg = cli_support.load_config(args.config, args.launcher,
@@ -85,8 +85,7 @@ def build_config(args: argparse.Namespace):
     if args.auto_scale_lr:
         run_config.enable_auto_scale_lr(cfg)
     run_config.set_resume(cfg, args.resume, log=cli_support.say)
-    run_config.add_custom_hook(cfg, 'RNGStateHook')
-    use_robust_image_loading(cfg)
+    run_config.add_missing_safeguards(cfg, log=cli_support.say)
     return cfg
 
 

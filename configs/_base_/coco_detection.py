@@ -1,4 +1,13 @@
-# COCO 2017 detection data for Co-Deformable-DETR (spec 1.8).
+# COCO 2017 detection data, with the DETR augmentation of the released
+# configs (Co-Deformable-DETR and Co-DINO share it).
+#
+# Image loading: training skips an unreadable image with a warning naming it
+# (another image is drawn in its place) instead of stopping hours into a
+# run; validation stops with an error naming it, since every image must
+# count (RobustLoadImageFromFile, projects/codetr/datasets/robust_loading.py).
+# The test pipeline keeps mmcv's LoadImageFromFile: mmdet's inference APIs
+# (init_detector + inference_detector, DetInferencer) find that step by its
+# type and replace it, and tools/test.py switches it to the raising loader.
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None
@@ -8,7 +17,8 @@ _multiscale = [(480, 1333), (512, 1333), (544, 1333), (576, 1333),
                (608, 1333), (640, 1333), (672, 1333), (704, 1333),
                (736, 1333), (768, 1333), (800, 1333)]
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='RobustLoadImageFromFile', on_error='skip',
+         backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -68,9 +78,16 @@ val_dataloader = dict(
         ann_file='annotations/instances_val2017.json',
         data_prefix=dict(img='val2017/'),
         test_mode=True,
-        pipeline=test_pipeline,
+        # the test pipeline with the raising loader
+        pipeline=[
+            dict(type='RobustLoadImageFromFile', on_error='raise',
+                 backend_args=backend_args), *test_pipeline[1:]
+        ],
         backend_args=backend_args))
-test_dataloader = val_dataloader
+# The validation data, read with the test pipeline.
+test_dataloader = dict(
+    val_dataloader,
+    dataset=dict(val_dataloader['dataset'], pipeline=test_pipeline))
 
 val_evaluator = dict(
     type='CocoMetric',

@@ -12,6 +12,14 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 
+# RNGStateHook (projects/codetr/engine/rng_state_hook.py) saves the random
+# number generator states of every process in each checkpoint and restores
+# them on --resume, so that a resumed run draws the same augmentations, noise
+# and dropout as an uninterrupted one. A config that sets its own
+# custom_hooks replaces this list: keep the hook in it. (tools/train.py adds
+# it, with a log line, to a config that has none.)
+custom_hooks = [dict(type='RNGStateHook')]
+
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -32,46 +32,41 @@ model = dict(
 
 _scales = [(160, 320), (192, 320), (224, 320), (256, 320)]
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='RobustLoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True),
     dict(type='PackDetInputs')
 ]
+# The base's test pipeline, resizing to at most 320x224.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.test_pipeline[0],
     dict(type='Resize', scale=(320, 224), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+    *_base_.test_pipeline[2:]
 ]
+# Image loading as in ../_base_/coco_detection.py.
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
     dataset=dict(
         data_root=data_root,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    num_workers=2,
+        pipeline=[
+            dict(type='RobustLoadImageFromFile', on_error='raise'),
+            *test_pipeline[1:]
+        ]))
+test_dataloader = dict(
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 max_iters = 400
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=100),
-    dict(
-        type='MultiStepLR',
-        by_epoch=False,
-        begin=0,
-        end=max_iters,
-        milestones=[int(max_iters * 0.8)],
-        gamma=0.1)
+    dict(_base_.param_scheduler[0], end=100),
+    dict(_base_.param_scheduler[1], end=max_iters,
+         milestones=[int(max_iters * 0.8)])
 ]
 default_hooks = dict(
     logger=dict(interval=20),

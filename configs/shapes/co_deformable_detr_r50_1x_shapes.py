@@ -6,31 +6,12 @@
 #           --num-train 2000 --num-val 200
 # Train (8 GPUs): bash tools/dist_train.sh \
 #           configs/shapes/co_deformable_detr_r50_1x_shapes.py 8
-_base_ = '../co_deformable_detr_r50_1x_coco.py'
-
-data_root = 'data/shapes/'
-# Class names and colours of projects/codetr/datasets/synthetic_shapes.py
-# (SHAPES_METAINFO); labels follow the category order of the annotation
-# files, which is this order.
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star', 'cross', 'ring'),
-    palette=[(220, 40, 40), (40, 170, 60), (40, 80, 230), (240, 200, 30),
-             (190, 50, 200), (30, 200, 210)])
+_base_ = [
+    '../_base_/co_deformable_detr_r50.py', '../_base_/shapes_detection.py',
+    '../_base_/schedules/co_detr_1x.py', '../_base_/default_runtime.py'
+]
 
 model = dict(num_classes=6)
-
-train_dataloader = dict(
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/')))
-val_dataloader = dict(
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val.json',
-        data_prefix=dict(img='val/')))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
+# as ../co_deformable_detr_r50_1x_coco.py
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'sampling_offsets': dict(lr_mult=0.1)}))

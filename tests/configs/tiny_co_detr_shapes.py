@@ -3,7 +3,8 @@
 # encoder and two decoder layers, 10 queries, narrow auxiliary heads, 64-96 px
 # images, 2 epochs.
 # The structure (query head, RPN + RoI and ATSS auxiliary heads, losses,
-# assigners, optimizer, pipeline steps) is that of the real config. Tests
+# assigners, optimizer, pipeline steps and image loaders) is that of the
+# real config. Tests
 # inherit it and set data_root in every dataloader and ann_file in every
 # evaluator.
 _base_ = '../../configs/shapes/co_deformable_detr_r50_shapes_small.py'
@@ -51,7 +52,7 @@ model = dict(
 
 _multiscale = [(64, 128), (80, 128), (96, 128)]
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='RobustLoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -70,14 +71,11 @@ train_pipeline = [
         ]),
     dict(type='PackDetInputs')
 ]
+# The base's test pipeline, resizing to at most 128x96.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.test_pipeline[0],
     dict(type='Resize', scale=(128, 96), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+    *_base_.test_pipeline[2:]
 ]
 train_dataloader = dict(
     batch_size=1,
@@ -85,17 +83,23 @@ train_dataloader = dict(
     persistent_workers=False,
     dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(
-    num_workers=0, persistent_workers=False,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(pipeline=[
+        dict(type='RobustLoadImageFromFile', on_error='raise'),
+        *test_pipeline[1:]
+    ]))
+test_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
     dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
 
 max_epochs = 2
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 # The learning rate drops between the epochs, so a resumed run must restore
 # the scheduler to match an uninterrupted one.
 param_scheduler = [
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[1], gamma=0.1)
+    dict(_base_.param_scheduler[0], end=max_epochs, milestones=[1])
 ]
 default_hooks = dict(logger=dict(interval=1))
 log_processor = dict(window_size=1)

@@ -9,7 +9,9 @@ naming the path, for evaluation where every image must count.
 
 :func:`use_robust_image_loading` switches the ``LoadImageFromFile`` steps of
 a config's pipelines to it: skipping in the training pipeline, raising in the
-validation and test pipelines.
+validation and test pipelines. The shipped configs declare it themselves
+(configs/_base_/coco_detection.py); tools/test.py switches the test
+pipeline, and tools/train.py the pipelines of configs that lack it.
 """
 from typing import Any, Optional, Set
 
@@ -110,8 +112,15 @@ def _swap_dataset(dataset, on_error: str) -> int:
     return swapped
 
 
-def use_robust_image_loading(cfg) -> int:
-    """Use :class:`RobustLoadImageFromFile` in every dataloader of ``cfg``.
+_ON_ERROR_OF_LOADER = {
+    'train_dataloader': 'skip',
+    'val_dataloader': 'raise',
+    'test_dataloader': 'raise'
+}
+
+
+def use_robust_image_loading(cfg, loaders=tuple(_ON_ERROR_OF_LOADER)) -> int:
+    """Use :class:`RobustLoadImageFromFile` in the dataloaders of ``cfg``.
 
     Training pipelines skip unreadable images; validation and test pipelines
     raise an error naming the file. Loaders that already have
@@ -119,14 +128,14 @@ def use_robust_image_loading(cfg) -> int:
 
     Args:
         cfg: The full config, modified in place.
+        loaders: Keys of the dataloaders to switch (default: all three).
 
     Returns:
         int: Number of pipeline steps switched.
     """
     swapped = 0
-    for loader, on_error in (('train_dataloader', 'skip'),
-                             ('val_dataloader', 'raise'),
-                             ('test_dataloader', 'raise')):
+    for loader in loaders:
         if cfg.get(loader):
-            swapped += _swap_dataset(cfg[loader].get('dataset'), on_error)
+            swapped += _swap_dataset(cfg[loader].get('dataset'),
+                                     _ON_ERROR_OF_LOADER[loader])
     return swapped

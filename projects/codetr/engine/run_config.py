@@ -3,6 +3,8 @@
 Each function applies one command-line option to an mmengine ``Config`` in
 place and raises :class:`RunConfigError` with the fix when the option cannot
 be applied, so that the tools stop before any model or dataset is built.
+:func:`add_missing_safeguards` is the one edit without an option: what
+``tools/train.py`` adds to a config that does not declare it.
 """
 import glob
 import os
@@ -112,12 +114,43 @@ def set_resume(cfg, resume: Optional[str],
     return path
 
 
-def add_custom_hook(cfg, hook_type: str) -> None:
-    """Append ``dict(type=hook_type)`` to ``custom_hooks`` unless present."""
+def add_custom_hook(cfg, hook_type: str) -> bool:
+    """Append ``dict(type=hook_type)`` to ``custom_hooks`` unless present;
+    returns whether it was added."""
     hooks: List = list(cfg.get('custom_hooks') or [])
-    if not any(h.get('type') == hook_type for h in hooks):
+    added = not any(h.get('type') == hook_type for h in hooks)
+    if added:
         hooks.append(dict(type=hook_type))
     cfg.custom_hooks = hooks
+    return added
+
+
+def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
+    """Training safeguards for a config written without them.
+
+    The configs under ``configs/`` declare ``RNGStateHook`` in
+    ``custom_hooks`` (``_base_/default_runtime.py``: ``--resume`` restores
+    the random states) and ``RobustLoadImageFromFile`` in their training and
+    validation pipelines (``_base_/coco_detection.py``: an unreadable image is
+    skipped in training and named in validation); for them this does
+    nothing. A config of one's own that lacks them (say, an mmdet config, or
+    ``custom_hooks`` set without the hook) gets them added, each addition
+    with a line in ``log`` that names the declaration to copy.
+    """
+    from ..datasets.robust_loading import use_robust_image_loading
+    if add_custom_hook(cfg, 'RNGStateHook'):
+        log('The config has no RNGStateHook in custom_hooks: added, so that '
+            '--resume restores the random number generator states (declare '
+            "custom_hooks = [dict(type='RNGStateHook')] as "
+            'configs/_base_/default_runtime.py does).')
+    loaders = ('train_dataloader', 'val_dataloader')
+    swapped = use_robust_image_loading(cfg, loaders)
+    if swapped:
+        log(f'{swapped} LoadImageFromFile step(s) of {" and ".join(loaders)} '
+            'switched to RobustLoadImageFromFile: training skips an '
+            'unreadable image with a warning, validation stops naming it '
+            '(declare it in the pipelines as configs/_base_/coco_detection.py '
+            'does).')
 
 
 def _coco_metrics(cfg, key: str) -> List:
