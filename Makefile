@@ -3,7 +3,7 @@
 PYTHON ?= python
 export PYTHON
 
-.PHONY: install test quickstart
+.PHONY: install test test-gpu quickstart
 
 # Idempotent: a rerun only checks (seconds). See tools/install.sh.
 install:
@@ -15,6 +15,35 @@ test: install
 	@$(PYTHON) -m pytest tests -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "make test: pytest collected no tests in tests/" >&2; \
+	fi; \
+	exit $$rc
+
+# The GPU suite (tests/gpu, docs/testing.md), on a machine with a CUDA GPU:
+# the tools end to end (NCCL, AMP, kill and resume), every model family,
+# parity with the GPU's kernels, checkpoints, ONNX. It installs first, like
+# `make test`; where mmcv, mmdet and the plugin are importable already (e.g.
+# from a wheelhouse on PYTHONPATH) skip that with `make test-gpu
+# GPU_SETUP=`. With pytest-xdist, GPU_WORKERS test files share the GPU side
+# by side (0: one process). The differences measured are printed at the end
+# and kept in GPU_MEASUREMENTS (JSON lines).
+GPU_SETUP ?= install
+GPU_WORKERS ?= 4
+GPU_MEASUREMENTS ?= work_dirs/gpu_measurements.jsonl
+# tests/gpu and the CUDA tests of the CPU suite's files (marked gpu too)
+GPU_TESTS = tests/gpu tests/test_cuda_graphs.py tests/test_layers.py \
+	tests/test_sync_free_targets.py
+test-gpu: $(GPU_SETUP)
+	@$(PYTHON) -c "import sys, torch; torch.cuda.is_available() or \
+	sys.exit('make test-gpu: torch sees no CUDA device (docs/testing.md)')"
+	@mkdir -p $(dir $(GPU_MEASUREMENTS)) && rm -f $(GPU_MEASUREMENTS)
+	@workers=; \
+	if [ "$(GPU_WORKERS)" != 0 ] && $(PYTHON) -c 'import xdist' 2>/dev/null; \
+	then workers="-n $(GPU_WORKERS) --dist loadfile"; fi; \
+	CODETR_GPU_MEASUREMENTS=$(abspath $(GPU_MEASUREMENTS)) \
+	$(PYTHON) -m pytest $(GPU_TESTS) -m gpu -v -rs --durations=10 $$workers; \
+	rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+		echo "make test-gpu: pytest collected no GPU tests" >&2; \
 	fi; \
 	exit $$rc
 

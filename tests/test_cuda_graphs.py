@@ -42,6 +42,7 @@ def test_cpu_inputs_run_eagerly():
     assert len(graphed.cuda_graphs) == 0  # nothing captured on the CPU
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_replayed_detections_match_eager_ones():
     model = build_model(cfg(2)).cuda()

@@ -128,6 +128,7 @@ def test_num_cp_larger_than_encoder_is_an_error():
         build_model(cfg)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_co_msda_cuda_op_matches_pytorch_path_and_amp():
     """mmcv's CUDA op gives the PyTorch-path result; under fp16 autocast the

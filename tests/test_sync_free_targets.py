@@ -183,6 +183,7 @@ def test_atss_level_counts_equal_mmdet_with_one_read():
     assert len(counter.waits) <= 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_no_synchronisation_on_the_gpu():
     """On the device itself: the same assignment, and CUDA's sync debug

@@ -267,6 +267,33 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
             torch.rand(1).item()) == expected
 
 
+class _OnTheGPU(torch.Tensor):
+    """A tensor that host code refuses like one on a GPU (where mmengine's
+    resume loads the checkpoint): ``numpy()`` raises until ``cpu()``."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to "
+                            'numpy. Use Tensor.cpu() to copy the tensor to '
+                            'host memory first.')
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_rng_state_restored_from_tensors_loaded_onto_a_gpu():
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    state = get_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    name, keys, *rest = state['numpy']
+    state['numpy'] = (name, keys.as_subclass(_OnTheGPU), *rest)
+    state['torch'] = state['torch'].as_subclass(_OnTheGPU)
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(),
+            torch.rand(1).item()) == expected
+
+
 def test_rng_restored_after_batches_replayed_by_iteration_loop():
     """IterBasedTrainLoop replays the trained batches on resume; the saved
     random state must apply to the first new batch, not before the replay."""

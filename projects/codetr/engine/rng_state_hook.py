@@ -35,7 +35,12 @@ CKPT_KEY = 'rng_state'
 
 def get_rng_state() -> dict:
     """This process's generator states, as tensors and plain Python values
-    (so that ``torch.load(weights_only=True)`` reads them)."""
+    (so that ``torch.load(weights_only=True)`` reads them).
+
+    ``cuda`` is the state of this process's current device only: each rank
+    drives one GPU (``torch.cuda.set_device(LOCAL_RANK)``), and the states of
+    the other GPUs belong to the ranks that drive them.
+    """
     np_state = np.random.get_state()
     state = dict(
         python=random.getstate(),
@@ -48,13 +53,21 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore states saved by :func:`get_rng_state`."""
+    """Restore states saved by :func:`get_rng_state`, wherever the tensors of
+    ``state`` were loaded.
+
+    mmengine's resume loads the checkpoint onto the current GPU
+    (``map_location='default'``), so the saved byte tensors arrive as CUDA
+    tensors; numpy and torch's generators only take them from host memory.
+    The CUDA state goes to the current device, the one this rank drives.
+    """
     random.setstate(state['python'])
     name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state['torch'])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
+        torch.cuda.set_rng_state(state['cuda'].cpu(),
+                                 device=torch.cuda.current_device())
 
 
 class _RestoreBeforeBatch:

@@ -322,6 +322,12 @@ class CoQueryHeadMixin:
         layer = len(refs) - 2
         cls_scores = self.cls_branches[layer](last)
         coords = self.reg_branches[layer](last)
+        # The post-processing gets at least float32 (float64 stays) under
+        # autocast too: Co-DINO's soft-NMS runs mmcv's CPU kernel, which
+        # reads float32 only, and a half-precision box (11-bit mantissa)
+        # would round its edges by up to 0.5 px at 1000 px.
+        dtype = torch.promote_types(coords.dtype, torch.float32)
+        cls_scores, coords = cls_scores.to(dtype), coords.to(dtype)
         coords = (coords + inverse_sigmoid(
-            refs[layer], eps=self.ref_eps)).sigmoid()
+            refs[layer].to(dtype), eps=self.ref_eps)).sigmoid()
         return cls_scores, coords
