@@ -134,18 +134,19 @@ def worst_compare(ours: Sequence, reference: Sequence) -> Dict:
     return worst
 
 
-def max_abs_diff(a: Dict[str, torch.Tensor],
-                 b: Dict[str, torch.Tensor]) -> Tuple[float, str]:
-    """Largest absolute difference over the floating tensors of two state
-    dicts with the same keys, and the tensor where it is."""
+def weight_diffs(a: Dict[str, torch.Tensor],
+                 b: Dict[str, torch.Tensor]) -> Dict:
+    """How two state dicts with the same keys differ: the median and the
+    largest absolute difference over all floating values, and the tensor of
+    the largest (integer tensors must be equal)."""
     assert a.keys() == b.keys()
-    worst, where = 0.0, ''
+    diffs, worst, where = [], 0.0, ''
     for key, x in a.items():
         if not x.is_floating_point():
             assert torch.equal(x, b[key]), key
             continue
-        diff = float((x.float() - b[key].float()).abs().max()) \
-            if x.numel() else 0.0
-        if diff > worst:
-            worst, where = diff, key
-    return worst, where
+        diff = (x.double() - b[key].double()).abs().flatten()
+        diffs.append(diff)
+        if diff.numel() and float(diff.max()) > worst:
+            worst, where = float(diff.max()), key
+    return dict(median=float(torch.cat(diffs).median()), max=worst, at=where)

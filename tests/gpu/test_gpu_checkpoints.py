@@ -27,9 +27,10 @@ from projects.codetr.checkpoint import to_released
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 SUBSET = ('circle', 'square', 'triangle')
-# ONNX Runtime (CPU, fp32) against PyTorch on the GPU (fp32, TF32 off): px
-# on ~100 px images, scores, detections moved
-ONNX_BOUND = dict(box=1e-2, score=1e-4, moved=2)
+# ONNX Runtime (CPU, fp32) against PyTorch on the GPU (fp32, TF32 off):
+# paired boxes (px, ~100 px images), scores, detections that others replaced
+# at the top-20 cut (of 40: different kernels, near-tied scores)
+ONNX_BOUND = dict(box=5e-2, score=1e-3, moved=4)
 
 
 @pytest.fixture(scope='module')

@@ -14,9 +14,11 @@ cut counts as moved):
   re-run of the eager model gives: nothing moves).
 - fp16 (``torch.autocast``): the backbone, projections and heads run in
   half precision, the deformable-attention sampling and the
-  post-processing in fp32. Near-tied scores at the query selection and
-  the top-k cut then let other detections in: FP16_BOUND, measured on an
-  H200 with a margin.
+  post-processing in fp32. Scores move by up to FP16_SCORE_ATOL (the
+  sorted scores of each image, so that near-tied detections trading places
+  at the query selection or the top-k cut do not count); paired
+  detections lie within the pairing radius (1 px) and at most
+  FP16_MOVED_FRACTION of the detections are replaced by others.
 
 Co-DINO's fp16 inference stopped with ``RuntimeError: expected scalar type
 Float but found Half`` before the query head handed float32 boxes and
@@ -48,9 +50,10 @@ NUM_QUERY = 40
 TRAIN_STEPS = 20
 LR = 5e-4
 GRAPH_BOUND = dict(box=1e-3, score=1e-5, moved=0)
-# px on 128 px images, score, detections moved (of 2 x 100; Co-DINO keeps
-# what soft-NMS leaves of 40 per image)
-FP16_BOUND = dict(box=0.5, score=2e-2, moved=40)
+# fp16 against fp32: scores (sorted per image), the share of detections
+# that other ones replaced (the untrained heads' scores are close together)
+FP16_SCORE_ATOL = 2e-2
+FP16_MOVED_FRACTION = 0.5
 
 
 @pytest.fixture(scope='module', params=sorted(FAMILIES))
@@ -121,6 +124,27 @@ def detections(model, inputs, samples, fp16: bool = False,
     return out
 
 
+def check_fp16(name: str, what: str, ours, reference) -> None:
+    """fp16 detections against fp32 ones (see the module's docstring)."""
+    worst = worst_compare(ours, reference)
+    score = 0.0
+    for mine, theirs in zip(ours, reference):
+        # the top scores of each image, however the detections are paired
+        # (soft-NMS may keep a different number)
+        mine = torch.cat(mine)[:, 4].sort(descending=True)[0]
+        theirs = torch.cat(theirs)[:, 4].sort(descending=True)[0]
+        n = min(len(mine), len(theirs))
+        if n:
+            score = max(score, float((mine[:n] - theirs[:n]).abs().max()))
+    count = sum(len(c) for image in reference for c in image)
+    assert count > 0
+    record(f'{name}: {what} vs eager fp32', sorted_score=score,
+           moved=worst['moved'], of=count, paired_box=worst['box'],
+           paired_score=worst['score'])
+    assert score <= FP16_SCORE_ATOL, score
+    assert worst['moved'] <= FP16_MOVED_FRACTION * count, worst
+
+
 @pytest.fixture(scope='module')
 def batch(family):
     model = family[3]
@@ -140,15 +164,15 @@ def test_inference_matches_eager_fp32(family, batch, mode):
     fp16 = mode.startswith('fp16')
     ours = detections(model, inputs, samples, fp16=fp16,
                       graphs=2 if 'graphs' in mode else 0)
-    bound = FP16_BOUND if fp16 else GRAPH_BOUND
-    worst = worst_compare(ours, reference)
-    record(f'{name}: inference {mode} vs eager fp32', **worst,
-           bound=str(bound))
-    assert all(worst[k] <= bound[k] for k in bound), (worst, bound)
-    if mode == 'fp16+cuda_graphs':  # the graph of fp16 = eager fp16
-        worst = worst_compare(
-            ours, detections(model, inputs, samples, fp16=True))
-        assert all(worst[k] <= GRAPH_BOUND[k] for k in GRAPH_BOUND), worst
+    if fp16:
+        check_fp16(name, f'inference {mode}', ours, reference)
+        eager = detections(model, inputs, samples, fp16=True)
+    else:
+        eager = reference
+    # the graph replays eager inference of the same precision
+    worst = worst_compare(ours, eager)
+    record(f'{name}: inference {mode} vs eager of its precision', **worst)
+    assert all(worst[k] <= GRAPH_BOUND[k] for k in GRAPH_BOUND), worst
 
 
 @pytest.mark.parametrize('eval_module', ['one-stage', 'two-stage'])
@@ -164,9 +188,7 @@ def test_auxiliary_heads_infer_in_fp16(family, batch, eval_module):
         ours = detections(model, inputs, samples, fp16=True)
     finally:
         model.eval_module = 'detr'
-    worst = worst_compare(ours, reference)
-    record(f'{name}: {eval_module} inference fp16 vs fp32', **worst)
-    assert all(worst[k] <= FP16_BOUND[k] for k in FP16_BOUND), worst
+    check_fp16(name, f'{eval_module} inference fp16', ours, reference)
 
 
 @pytest.mark.parametrize('name', ['k2', 'codino'])
