@@ -1,15 +1,13 @@
 """The benchmark's arms: overrides reach the right config keys, the
 optimizer wrapper is the one tools/train.py builds, and round-robin timing
 runs every arm once per round with the first place rotating."""
-import os.path as osp
 import sys
 
 from codetr_testing import REPO_ROOT, build_model, tiny_model_cfg
 
-sys.path[:0] = [osp.join(REPO_ROOT, 'tools'),
-                osp.join(REPO_ROOT, 'tools', 'analysis')]
-from bench_arms import load_config  # noqa: E402
-from bench_arms import _round_robin, build_optim_wrapper  # noqa: E402
+from projects.codetr.analysis.bench_arms import (_round_robin,
+                                                 build_optim_wrapper,
+                                                 load_config)
 
 
 def test_overrides_reach_model_and_optim_wrapper_keys():

@@ -1,27 +1,15 @@
-"""tools/analysis/convergence.py and convergence_report.py: the per-arm
-configs of the convergence benchmark and its summary, on fabricated logs
-(no training)."""
-import importlib.util
+"""The convergence benchmark (tools/analysis/convergence.py over
+projects/codetr/analysis/convergence*.py): the per-arm configs and the
+summary, on fabricated logs (no training)."""
 import json
-from pathlib import Path
 
 import pytest
 from mmengine.config import Config
 
-TOOLS = Path(__file__).resolve().parents[1] / 'tools' / 'analysis'
+from projects.codetr.analysis import convergence as conv  # the driver
+from projects.codetr.analysis import convergence_arms as conv_arms
+from projects.codetr.analysis import convergence_report as report
 
-
-def _load(name):
-    """``tools/analysis/<name>.py`` as a module (not a package)."""
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-conv = _load('convergence')  # the driver: arms' configs, launching
-conv_arms = _load('convergence_arms')  # ARMS, evaluation points
-report = _load('convergence_report')  # summary of the logs
 HEADS = ('rpn_head', 'roi_head', 'bbox_head', 'with_pos_coord')
 
 
@@ -60,7 +48,10 @@ def test_schedule_follows_iterations(tmp_path, iters, val_interval, step):
 
 
 def test_arms_differ_only_in_their_heads(tmp_path):
-    cfgs = {arm: derived(tmp_path, arm, 20, 10).to_dict() for arm in conv.ARMS}
+    cfgs = {
+        arm: derived(tmp_path, arm, 20, 10).to_dict()
+        for arm in conv_arms.ARMS
+    }
     present = {
         arm: tuple(h for h in HEADS[:3] if cfg['model'][h] is not None)
         for arm, cfg in cfgs.items()
@@ -84,7 +75,7 @@ def test_arms_differ_only_in_their_heads(tmp_path):
         for head in HEADS:
             del cfg['model'][head]
     # within a family, only the auxiliary heads differ
-    for family, reference in ((conv.DEFAULT_ARMS, 'k2'),
+    for family, reference in ((conv_arms.DEFAULT_ARMS, 'k2'),
                               (('dino_k0', 'dino_k2'), 'dino_k2')):
         for arm in family:
             assert cfgs[arm] == cfgs[reference], arm
@@ -133,7 +124,7 @@ def test_summary_tables_name_failed_and_incomplete_arms(tmp_path):
     for arm, (rc, lines) in logs.items():
         _scalars(work / arm / '20240101_000000' / 'vis_data', lines)
         arms[arm] = dict(
-            config=conv.ARMS[arm][1],
+            config=conv_arms.ARMS[arm][1],
             device='cpu',
             log=f'{work}/{arm}.log',
             pid=None,
@@ -153,7 +144,7 @@ def test_summary_tables_name_failed_and_incomplete_arms(tmp_path):
     assert report.summarize(str(work)) is False
     md = (work / 'convergence.md').read_text()
     header = ('| iteration | K=0 | K=1 ATSS | K=1 Faster R-CNN '
-              '| K=2 (R-CNN + ATSS) |')  # arms in the order of conv.ARMS
+              '| K=2 (R-CNN + ATSS) |')  # arms in the order of conv_arms.ARMS
     assert md.count(header) == 3
     assert '| 10 | 0.100 | 0.125 | - | 0.050 |' in md  # mAP
     assert '| 20 | 0.250 | - | 0.200 | 0.300 |' in md

@@ -1,23 +1,12 @@
-"""The host-read counter of tools/analysis/count_host_syncs.py counts what
-a plain function does, op by op."""
-import importlib.util
-from pathlib import Path
-
+"""The host-read counter of tools/analysis/count_host_syncs.py
+(projects/codetr/analysis/host_syncs.py) counts what a plain function does,
+op by op."""
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / \
-    'count_host_syncs.py'
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location('count_host_syncs', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from projects.codetr.analysis import host_syncs
 
 
 def test_counts_scalar_reads_and_data_dependent_ops():
-    counter = _load()
     x = torch.arange(-5.0, 5.0)
 
     def step():
@@ -28,7 +17,7 @@ def test_counts_scalar_reads_and_data_dependent_ops():
         x[x > 1]  # boolean indexing: one more nonzero
         torch.unique(x.round())
 
-    by_op, by_line = counter.count_host_reads(step)
+    by_op, by_line = host_syncs.count_host_reads(step)
     assert by_op['aten::_local_scalar_dense'] == 4
     assert by_op['aten::nonzero'] == 2
     assert by_op['aten::_unique2'] == 1

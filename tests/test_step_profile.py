@@ -1,12 +1,9 @@
-"""tools/analysis/step_profile.py attributes a training step to its stages."""
-import os.path as osp
-import sys
-
+"""projects/codetr/analysis/step_profile.py attributes a training step to
+its stages."""
 import torch
-from codetr_testing import REPO_ROOT, build_model, make_batch, tiny_model_cfg
+from codetr_testing import build_model, make_batch, tiny_model_cfg
 
-sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'analysis'))
-from step_profile import format_profile, profile_step  # noqa: E402
+from projects.codetr.analysis.step_profile import format_profile, profile_step
 
 
 def test_stages_of_a_co_detr_step_are_labelled_and_restored():

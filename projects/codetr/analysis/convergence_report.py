@@ -1,6 +1,6 @@
 """Summary of the convergence benchmark, from the arms' logs.
 
-Reads ``WORK/status.json`` (written by the driver, ``convergence.py``) and
+Reads ``WORK/status.json`` (written by the driver, :mod:`.convergence`) and
 each arm's ``scalars.json``, and writes:
 
 * ``WORK/progress.txt``: per arm its state, device, last logged iteration,
@@ -13,20 +13,17 @@ each arm's ``scalars.json``, and writes:
   between arms by construction).
 
 The driver calls :func:`summarize` while the runs go and at the end;
-``convergence.py WORK --summarize-only`` calls it on the logs as they are.
+``tools/analysis/convergence.py WORK --summarize-only`` calls it on the logs
+as they are.
 """
 import datetime
 import json
 import os
 import os.path as osp
-import sys
 from typing import Dict, Optional
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from compare_runs import plot_runs  # noqa: E402
-from convergence_arms import (ARMS, SEED, expected_val_iters,  # noqa: E402
-                              lr_step_at)
-from plot_curves import find_scalar_files, read_scalars  # noqa: E402
+from .convergence_arms import ARMS, SEED, expected_val_iters, lr_step_at
+from .curves import find_scalar_files, plot_runs, read_scalars
 
 METRICS = {  # name in the results -> key logged by CocoMetric
     'mAP': 'coco/bbox_mAP',

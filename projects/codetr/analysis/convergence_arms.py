@@ -1,8 +1,8 @@
 """What the convergence benchmark compares: its arms, seed, LR step and
 evaluation points.
 
-Shared by the driver (``convergence.py``, which trains the arms) and the
-summary (``convergence_report.py``, which reads their logs).
+Shared by the driver (:mod:`.convergence`, which trains the arms) and the
+summary (:mod:`.convergence_report`, which reads their logs).
 """
 from typing import List
 

@@ -8,14 +8,21 @@ launches and of host waits, in all and per stage of a Co-DETR step. A
 stage whose host time far exceeds its GPU time is launch-bound: fewer
 (larger) ops help it; one whose GPU time dominates needs faster kernels.
 
-Used by ``tools/analysis/benchmark.py --profile MODEL``.
+:func:`stage_times` times the same stages by synchronising around each
+(slower, but without the profiler's overhead). Used by
+``tools/analysis/benchmark.py --profile MODEL`` and ``--stages``.
 """
+import argparse
 import bisect
 import collections
+import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
+
+from .bench_arms import sync
+from .synthetic import fake_batch
 
 LAUNCHES = ('cudaLaunchKernel', 'cuLaunchKernel', 'cudaLaunchKernelExC',
             'cuLaunchKernelEx')
@@ -162,3 +169,59 @@ def format_profile(name: str, result: Dict) -> str:
     for kernel, ms in result['top_kernels']:
         lines.append(f'  GPU {ms:6.2f} ms  {kernel}')
     return '\n'.join(lines)
+
+
+def stage_times(model: torch.nn.Module, args: argparse.Namespace,
+                amp: bool) -> Dict[str, float]:
+    """Mean synchronised time (ms) of each stage of a CoDETR step.
+
+    Args:
+        model (nn.Module): The detector; its stages (:func:`stage_methods`)
+            are wrapped by instance attributes, removed afterwards.
+        args (argparse.Namespace): ``device``, ``batch_size``,
+            ``train_size`` and ``boxes`` of the generated batch.
+        amp (bool): Whether the forward runs under autocast.
+
+    Returns:
+        dict[str, float]: Milliseconds per step by stage, and ``backward``.
+    """
+    from collections import defaultdict
+    totals = defaultdict(float)
+    cuda = args.device.startswith('cuda')
+    targets = stage_methods(model)
+
+    def timed(obj, name, label):
+        fn = getattr(obj, name)
+
+        def wrapper(*a, **kw):
+            sync(args.device)
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            sync(args.device)
+            totals[label] += time.perf_counter() - start
+            return out
+
+        setattr(obj, name, wrapper)  # instance attribute shadows the method
+
+    for obj, name in targets:
+        timed(obj, name, f'{type(obj).__name__}.{name}')
+    model.train()
+    inputs, samples = fake_batch(model, args.batch_size, args.train_size,
+                                 args.boxes, True)
+    steps = 5
+    for step in range(steps + 2):
+        if step == 2:
+            totals.clear()
+        with torch.autocast(
+                args.device.split(':')[0],
+                dtype=torch.float16 if cuda else torch.bfloat16,
+                enabled=amp):
+            loss, _ = model.parse_losses(model.loss(inputs, samples))
+        sync(args.device)
+        start = time.perf_counter()
+        loss.backward()
+        sync(args.device)
+        totals['backward'] += time.perf_counter() - start
+    for obj, name in targets:
+        del obj.__dict__[name]
+    return {k: 1000 * v / steps for k, v in totals.items()}

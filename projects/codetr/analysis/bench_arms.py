@@ -19,11 +19,13 @@ import copy
 import os.path as osp
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
-from _plugin import REPO_ROOT
 from mmengine.config import Config
+
+from . import REPO_ROOT
+from .synthetic import fake_batch
 
 MMDET_DDETR = 'deformable_detr/' \
     'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
@@ -42,6 +44,8 @@ PLAIN_OPTIM = dict(
 
 
 def config_path(name: str) -> str:
+    """The config file of a name of :data:`MODELS`, else of ``name`` itself
+    (a path relative to the repository or absolute)."""
     if name in MODELS and MODELS[name] == MMDET_DDETR:
         import mmdet
         return osp.join(
@@ -50,11 +54,12 @@ def config_path(name: str) -> str:
 
 
 def sync(device: str) -> None:
+    """Wait for the GPU's queued work, so that host timers measure it."""
     if device.startswith('cuda'):
         torch.cuda.synchronize()
 
 
-def load_config(name: str, num_cp=None) -> Config:
+def load_config(name: str, num_cp: Optional[int] = None) -> Config:
     """The config of ``name``: ``NAME@key=value[,key=value]`` overrides
     ``model.key`` (values parsed as Python literals), or ``key`` itself
     when it starts with ``optim_wrapper.``; e.g.
@@ -75,7 +80,7 @@ def load_config(name: str, num_cp=None) -> Config:
     return cfg
 
 
-def build(name: str, num_cp, device: str):
+def build(name: str, num_cp: Optional[int], device: str) -> torch.nn.Module:
     """The model of ``name`` (see :func:`load_config`), seeded weights."""
     from mmdet.registry import MODELS as REGISTRY
     cfg = load_config(name, num_cp)
@@ -83,34 +88,6 @@ def build(name: str, num_cp, device: str):
     model = REGISTRY.build(cfg.model).to(device)
     model.init_weights()
     return model
-
-
-def fake_batch(model, batch_size, size, num_boxes, training, seed=0):
-    """A preprocessed batch of random uint8 images with random boxes."""
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    gen = torch.Generator().manual_seed(seed)
-    h, w = size
-    num_classes = getattr(model, 'num_classes', None) or \
-        model.bbox_head.num_classes
-    inputs, samples = [], []
-    for _ in range(batch_size):
-        inputs.append(
-            torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
-        xy = torch.rand(
-            num_boxes, 2, generator=gen) * torch.tensor([w, h]) * 0.7
-        wh = (torch.rand(num_boxes, 2, generator=gen) * 0.25 + 0.03) * \
-            torch.tensor([w, h])
-        sample = DetDataSample(
-            metainfo=dict(
-                img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=torch.cat([xy, xy + wh], 1),
-            labels=torch.randint(0, num_classes, (num_boxes, ), generator=gen))
-        samples.append(sample)
-    data = model.data_preprocessor(
-        dict(inputs=inputs, data_samples=samples), training=training)
-    return data['inputs'], data['data_samples']
 
 
 def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):

@@ -1,0 +1,107 @@
+"""The benchmark of ``tools/analysis/benchmark.py``: arms timed side by
+side, their table, and optionally per-stage times and profiles.
+
+See :mod:`.bench_arms` for how arms are built and timed, and
+:mod:`.step_profile` for the stages and profiles.
+"""
+import argparse
+import json
+
+import torch
+
+from .bench_arms import Arm, build_arms, time_arms
+from .step_profile import format_profile, profile_step, stage_times
+from .synthetic import fake_batch
+
+
+@torch.no_grad()
+def graph_vs_eager(arm: Arm, args: argparse.Namespace) -> str:
+    """How far the replayed predictions of a graphed arm are from eager
+    ones, on an input of the captured shape that the capture did not see
+    (the timing used seed 0)."""
+    model = arm.model.eval()
+    inputs, samples = fake_batch(
+        model, 1, args.infer_size, args.boxes, False, seed=1)
+    with torch.autocast('cuda', dtype=torch.float16, enabled=arm.amp):
+        graphed = model._detr_predictions(inputs, samples)
+        eager = model.detr_predictions(inputs, samples)
+    model.train()
+    diffs = [(g.float() - e.float()).abs().max().item()
+             for g, e in zip(graphed, eager)]
+    return (f'{arm.name} ({arm.precision}): {len(model.cuda_graphs)} '
+            f'graph(s); replayed vs eager max |diff|: logits {diffs[0]:.2e}'
+            f', boxes {diffs[1]:.2e}')
+
+
+def print_table(rows: list, base_model: str) -> None:
+    """Markdown table; ratios are to ``base_model`` in fp32 and, in the
+    last column, to the same model's fp32 arm."""
+
+    def fp32_of(model):
+        return next((r for r in rows
+                     if r['model'] == model and r['precision'] == 'fp32'),
+                    None)
+
+    base = fp32_of(base_model)
+    print(f'\n| model | precision | params (M) | train step (ms) | '
+          f'x {base_model} fp32 | peak mem (GiB) | x | infer (img/s) | x '
+          '| step x own fp32 |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+
+        def x(key: str, ref=base) -> str:
+            return f'{r[key] / ref[key]:.2f}' if ref and ref[key] else '-'
+
+        own = fp32_of(r['model'])
+        infer = 'failed' if 'error' in r else f"{r['img_per_s']:.1f}"
+        print(f"| {r['model']} | {r['precision']} | {r['params_m']:.1f} | "
+              f"{r['step_ms']:.0f} | {x('step_ms')} | {r['peak_gib']:.2f} | "
+              f"{x('peak_gib')} | {infer} | {x('img_per_s')} | "
+              f"{x('step_ms', own)} |")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build, warm up and time the arms of ``args.models`` x
+    ``args.precisions``; print each row as JSON and the table (and write the
+    rows to ``args.out``), then the CUDA-graph check, stage times
+    (``args.stages``) and profiles (``args.profile``) of the arms asked for.
+    """
+    from mmdet.utils import register_all_modules
+    from mmengine.logging import MMLogger
+    register_all_modules()
+    # mmengine logs every parameter's paramwise options at INFO
+    MMLogger.get_current_instance().setLevel('WARNING')
+    device_name = torch.cuda.get_device_name() if args.device.startswith(
+        'cuda') else 'cpu'
+    print(f'{device_name}, torch {torch.__version__}, '
+          f'train bs{args.batch_size} {args.train_size}, infer bs1 '
+          f'{args.infer_size}, median of {args.iters} interleaved steps, '
+          f'optimizer: {args.optimizer}')
+    arms = build_arms(args.models, args.precisions, args)
+    rows = time_arms(arms, args)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print_table(rows, args.models[0])
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(rows, f, indent=1)
+    for arm in arms:
+        if getattr(arm.model, 'cuda_graphs', None):
+            print(graph_vs_eager(arm, args), flush=True)
+    for arm in arms:
+        if args.stages and type(arm.model).__name__ == 'CoDETR':
+            stages = stage_times(arm.model, args, arm.amp)
+            print(
+                f'stages of {arm.name} ({arm.precision}), ms: ' +
+                ', '.join(f'{k} {v:.1f}' for k, v in stages.items()),
+                flush=True)
+        if arm.name in args.profile:
+            print(format_profile(f'{arm.name} ({arm.precision})',
+                                 profile_step(arm.model, arm.step)),
+                  flush=True)
+            arm.model.eval()
+            print(format_profile(f'{arm.name} inference ({arm.precision})',
+                                 profile_step(arm.model,
+                                              arm.make_predict(args))),
+                  flush=True)
+            arm.model.train()
