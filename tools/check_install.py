@@ -21,8 +21,7 @@ import sys
 import traceback
 from typing import Callable, List
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _plugin import import_plugin  # noqa: E402
+from _plugin import import_plugin
 
 FAILURES: List[str] = []
 

@@ -20,8 +20,12 @@ import sys
 import time
 from typing import List, Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _plugin import PluginImportError, import_plugin  # noqa: E402
+try:
+    from projects.codetr.deploy import check_opset, export_onnx, load_detector
+    from projects.codetr.deploy.runtime import check_graph
+except ModuleNotFoundError as err:  # the plugin or a dependency is missing
+    sys.exit(f'error: {err}. Install the codetr plugin and its dependencies: '
+             '`bash tools/install.sh` from the repository root.')
 
 EPILOG = """\
 examples:
@@ -74,8 +78,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def export(args: argparse.Namespace) -> None:
     """Load, export, check; raises ``ValueError`` on bad input."""
     from mmengine.config import Config
-
-    from projects.codetr.deploy import check_opset, export_onnx, load_detector
     check_opset(args.opset)
     if args.fp16:
         import torch
@@ -100,28 +102,8 @@ def export(args: argparse.Namespace) -> None:
         check_graph(args.out)
 
 
-def check_graph(path: str) -> None:
-    """``onnx.checker`` and a list of op types; no custom domain allowed."""
-    import onnx
-    model = onnx.load(path)
-    onnx.checker.check_model(model)
-    ops = sorted({(n.domain or 'ai.onnx', n.op_type)
-                  for n in model.graph.node})
-    custom = [f'{d}::{t}' for d, t in ops if d != 'ai.onnx']
-    if custom:
-        raise ValueError(f'the graph contains custom ops {custom}; ONNX '
-                         'Runtime cannot run them')
-    print(f'onnx.checker passed; {len(model.graph.node)} nodes, op types: '
-          + ' '.join(t for _, t in ops))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        import_plugin()
-    except PluginImportError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
     try:
         export(args)
     except (ValueError, FileNotFoundError) as err:
