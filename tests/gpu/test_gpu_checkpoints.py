@@ -172,9 +172,9 @@ def test_onnx_export_of_gpu_checkpoint_matches_pytorch(config, trained,
         dets = torch.cat([pred.bboxes, pred.scores[:, None]], 1).cpu()
         onnx_dets = torch.from_numpy(
             np.concatenate([boxes[i], scores[i][:, None]], 1))
-        ours += [dets[pred.labels.cpu() == c] for c in range(6)]
-        theirs += [onnx_dets[torch.from_numpy(labels[i]) == c]
-                   for c in range(6)]
+        ours.append([dets[pred.labels.cpu() == c] for c in range(6)])
+        theirs.append([onnx_dets[torch.from_numpy(labels[i]) == c]
+                       for c in range(6)])
     worst = worst_compare(ours, theirs)
     record('ONNX Runtime (CPU) vs PyTorch (GPU), GPU-trained checkpoint',
            **worst, bound=str(ONNX_BOUND))

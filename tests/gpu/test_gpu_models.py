@@ -52,7 +52,7 @@ LR = 5e-4
 GRAPH_BOUND = dict(box=1e-3, score=1e-5, moved=0)
 # fp16 against fp32: scores (sorted per image), the share of detections
 # that other ones replaced (the untrained heads' scores are close together)
-FP16_SCORE_ATOL = 2e-2
+FP16_SCORE_ATOL = 5e-2
 FP16_MOVED_FRACTION = 0.5
 
 

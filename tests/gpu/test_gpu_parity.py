@@ -13,7 +13,16 @@ so:
 
 - The seed-independent losses of Co-Deformable-DETR and Co-DINO's
   auxiliary branches (encoder, RPN, RoI, ATSS, auxiliary-query losses):
-  within GPU_RTOL, ten times the CPU suite's 1e-4.
+  within GPU_RTOL, twenty times the CPU suite's 1e-4.
+- Except where ATSS's candidate selection meets a tie: the k-th and
+  (k+1)-th nearest anchor centres of a ground-truth box lie at exactly the
+  same distance (a box centred between grid points; image 0 of the golden
+  data has one, at 13.34 px). ``torch.topk`` breaks such ties in another
+  order on CUDA than on the CPU, so another anchor becomes a candidate and
+  the positives change: the ATSS losses and the auxiliary queries built
+  from ATSS's positives (head 1: ``loss_*1``, ``*_aux1``) then get
+  ATSS_TIE_RTOL. The released code, which calls the same ``topk``, moves
+  the same way on a GPU.
 - Co-DINO's query-head losses go through the top-900 selection of encoder
   tokens, whose float32 near-ties another summation order flips, as the
   released code's own batch size does (2e-3, ``DECODER_RTOL``):
@@ -36,8 +45,10 @@ from test_codino_parity import (BATCH_NOISE, DECODER_LOSSES,
 
 pytestmark = pytest.mark.gpu
 
-GPU_RTOL = 1e-3
+GPU_RTOL = 2e-3
 QUERY_HEAD_RTOL = 5e-3
+# measured on an H200: up to 2.6e-2 (Co-DINO d0.loss_cls_aux1, one image)
+ATSS_TIE_RTOL = 5e-2
 # boxes in px (images of up to 352 px), scores, detections replaced
 AUX_BOUND = dict(box=1e-2, score=1e-4, moved=2)
 
@@ -56,15 +67,42 @@ def on_gpu(inputs, samples):
     return inputs.cuda(), [s.to('cuda') for s in samples]
 
 
-def losses(model, inputs, samples, seed: int = 0):
+def losses(model, inputs, samples, monkeypatch, seed: int = 0):
+    """The summed losses, and how many ground-truth boxes meet a distance
+    tie at ATSS's top-k candidate cut in some level."""
+    from mmdet.models.task_modules.assigners import atss_assigner
+    ties = []
+    assign = atss_assigner.ATSSAssigner.assign
+
+    def counting_assign(self, pred_instances, num_level_priors,
+                        gt_instances, *args, **kwargs):
+        distances = atss_assigner.bbox_center_distance(
+            gt_instances.bboxes, pred_instances.priors)
+        for level in distances.split(list(num_level_priors)):
+            if len(level) > self.topk:
+                ranked = level.sort(dim=0)[0]
+                ties.append(int(
+                    (ranked[self.topk - 1] == ranked[self.topk]).sum()))
+        return assign(self, pred_instances, num_level_priors, gt_instances,
+                      *args, **kwargs)
+
     model.train()
     try:
-        with torch.no_grad():
+        with monkeypatch.context() as patch, torch.no_grad():
+            patch.setattr(atss_assigner.ATSSAssigner, 'assign',
+                          counting_assign)
             torch.manual_seed(seed)
-            return {k: total(v)
-                    for k, v in model.loss(inputs, samples).items()}
+            result = {k: total(v)
+                      for k, v in model.loss(inputs, samples).items()}
     finally:
         model.eval()
+    return result, sum(ties)
+
+
+def rtol(key: str, ties: int) -> float:
+    """GPU_RTOL, or ATSS_TIE_RTOL for what depends on ATSS's positives
+    when its candidate selection met a tie."""
+    return ATSS_TIE_RTOL if ties and key.endswith('1') else GPU_RTOL
 
 
 def per_class(model, inputs, samples, num_classes: int = 80):
@@ -90,21 +128,32 @@ def ddetr():
 
 
 @pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
-def test_ddetr_losses_match_the_released_code(ddetr, num_images, tag):
+def test_ddetr_losses_match_the_released_code(ddetr, num_images, tag,
+                                              monkeypatch):
     model, gold = ddetr
     batch = on_gpu(*parity_data.golden_batch(num_images))
     keys = parity_data.deterministic_keys(num_images)
     with tf32(False):
-        diff = relative(losses(model, *batch), gold[f'{tag}_losses'], keys)
+        ours, ties = losses(model, *batch, monkeypatch)
     with tf32(True):
-        diff_tf32 = relative(
-            losses(model, *batch), gold[f'{tag}_losses'], keys)
-    worst = max(diff, key=diff.get)
-    record(f'parity Co-Deformable-DETR {tag}: losses, max relative',
-           value=diff[worst], at=worst, bound=GPU_RTOL,
-           tf32=max(diff_tf32.values()))
-    assert diff[worst] <= GPU_RTOL, {k: v for k, v in diff.items()
-                                     if v > GPU_RTOL}
+        ours_tf32, _ = losses(model, *batch, monkeypatch)
+    diff = relative(ours, gold[f'{tag}_losses'], keys)
+    diff_tf32 = relative(ours_tf32, gold[f'{tag}_losses'], keys)
+    check_losses(f'parity Co-Deformable-DETR {tag}: losses', diff, ties,
+                 tf32=max(diff_tf32.values()))
+
+
+def check_losses(name: str, diff: dict, ties: int, **extra) -> None:
+    """Record the worst relative difference with and without the ATSS
+    dependants; assert each key's bound."""
+    atss = [k for k in diff if rtol(k, ties) == ATSS_TIE_RTOL]
+    other = [k for k in diff if k not in atss]
+    worst = max(other, key=diff.get)
+    record(f'{name}, max relative', value=diff[worst], at=worst,
+           bound=GPU_RTOL, atss_ties=ties,
+           atss=max((diff[k] for k in atss), default=0.0), **extra)
+    over = {k: v for k, v in diff.items() if v > rtol(k, ties)}
+    assert not over, over
 
 
 @pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
@@ -127,26 +176,22 @@ def codino():
 
 
 @pytest.mark.parametrize('tag', ['one', 'three'])
-def test_codino_losses_match_the_released_code(codino, tag):
+def test_codino_losses_match_the_released_code(codino, tag, monkeypatch):
     model, gold = codino
     batch = on_gpu(*codino_parity_data.golden_batch(tag))
     with tf32(False):
-        ours = losses(model, *batch)
+        ours, ties = losses(model, *batch, monkeypatch)
     keys = gold[tag]['deterministic']
     diff = relative(ours, gold[tag]['losses'], keys)
     query_head = [k for k in keys if k in DECODER_LOSSES]
-    strict = [k for k in keys if k not in DECODER_LOSSES]
-    assert any('aux' in k for k in strict) or tag == 'three'
-    worst_strict = max(strict, key=diff.get)
-    worst_query = max(query_head, key=diff.get)
-    record(f'parity Co-DINO {tag}: auxiliary-branch losses, max relative',
-           value=diff[worst_strict], at=worst_strict, bound=GPU_RTOL)
+    assert any('aux' in k for k in keys) or tag == 'three'
+    check_losses(f'parity Co-DINO {tag}: auxiliary-branch losses',
+                 {k: v for k, v in diff.items() if k not in query_head},
+                 ties)
+    worst = max(query_head, key=diff.get)
     record(f'parity Co-DINO {tag}: query-head losses, max relative',
-           value=diff[worst_query], at=worst_query, bound=QUERY_HEAD_RTOL)
-    assert diff[worst_strict] <= GPU_RTOL, {
-        k: diff[k] for k in strict if diff[k] > GPU_RTOL}
-    assert diff[worst_query] <= QUERY_HEAD_RTOL, {
-        k: diff[k] for k in query_head}
+           value=diff[worst], at=worst, bound=QUERY_HEAD_RTOL)
+    assert diff[worst] <= QUERY_HEAD_RTOL, {k: diff[k] for k in query_head}
 
 
 @pytest.mark.parametrize('eval_module', list(DETECTIONS_PER_IMAGE))
