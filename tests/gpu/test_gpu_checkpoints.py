@@ -27,10 +27,11 @@ from projects.codetr.checkpoint import to_released
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 SUBSET = ('circle', 'square', 'triangle')
-# ONNX Runtime (CPU, fp32) against PyTorch on the GPU (fp32, TF32 off):
-# paired boxes (px, ~100 px images), scores, detections that others replaced
-# at the top-20 cut (of 40: different kernels, near-tied scores)
-ONNX_BOUND = dict(box=5e-2, score=1e-3, moved=4)
+# ONNX Runtime (CPU, fp32) against PyTorch on the GPU (fp32, TF32 off): the
+# CPU suite's bounds for boxes (px) and scores, and up to 2 detections that
+# a near-tied score replaces at the top-20 cut (the checkpoint differs from
+# run to run). Measured on an H200: 2.3e-5 px, 6.7e-8, none replaced.
+ONNX_BOUND = dict(box=1e-2, score=1e-4, moved=2)
 
 
 @pytest.fixture(scope='module')
