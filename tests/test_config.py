@@ -108,11 +108,14 @@ def test_full_model_structure(cfg):
 
 @pytest.mark.parametrize('config', zoo_configs())
 def test_config_declares_what_training_uses(config):
-    """The random-state hook and the image loaders are in the config, so
-    tools/train.py adds nothing; the test pipeline keeps mmcv's loader, which
+    """The random-state and load_from hooks and the image loaders are in
+    the config, so tools/train.py adds nothing; the test pipeline keeps mmcv's loader, which
     mmdet's inference APIs look for by type."""
     cfg = load_config(osp.join(REPO_ROOT, config))
-    assert [h.type for h in cfg.custom_hooks] == ['RNGStateHook']
+    assert [h.type for h in cfg.custom_hooks] == [
+        'RNGStateHook', 'LoadFromShapesHook'
+    ]
+    cfg.load_from = 'some_checkpoint.pth'  # no hook added for it either
     assert cfg.val_dataloader.dataset.pipeline[0].type == \
         'RobustLoadImageFromFile'
     assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
@@ -125,18 +128,22 @@ def test_config_without_safeguards_gets_them_with_log_lines():
     load = [dict(type='LoadImageFromFile')]
     cfg = Config(dict(
         custom_hooks=[dict(type='EMAHook')],
+        load_from='some_checkpoint.pth',
         train_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load))),
         val_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load))),
         test_dataloader=dict(dataset=dict(pipeline=copy.deepcopy(load)))))
     added = []
     add_missing_safeguards(cfg, log=added.append)
-    assert [h.type for h in cfg.custom_hooks] == ['EMAHook', 'RNGStateHook']
+    assert [h.type for h in cfg.custom_hooks] == [
+        'EMAHook', 'RNGStateHook', 'LoadFromShapesHook'
+    ]
     assert cfg.train_dataloader.dataset.pipeline[0].on_error == 'skip'
     assert cfg.val_dataloader.dataset.pipeline[0].on_error == 'raise'
     # a training run does not build it; tools/test.py switches it
     assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
-    assert len(added) == 2
-    assert 'RNGStateHook' in added[0] and '2 LoadImageFromFile' in added[1]
+    assert len(added) == 3
+    assert 'RNGStateHook' in added[0] and 'LoadFromShapesHook' in added[1]
+    assert '2 LoadImageFromFile' in added[2]
 
 
 def test_num_classes_set_once_and_mismatch_is_clear():

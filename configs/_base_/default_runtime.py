@@ -16,9 +16,12 @@ default_hooks = dict(
 # number generator states of every process in each checkpoint and restores
 # them on --resume, so that a resumed run draws the same augmentations, noise
 # and dropout as an uninterrupted one. A config that sets its own
-# custom_hooks replaces this list: keep the hook in it. (tools/train.py adds
-# it, with a log line, to a config that has none.)
-custom_hooks = [dict(type='RNGStateHook')]
+# custom_hooks replaces this list: keep the hooks in it. (tools/train.py adds
+# them, with a log line, to a config that has none.)
+# LoadFromShapesHook (projects/codetr/engine/load_from_hook.py) says in one
+# log line which tensors `load_from` left initialised because their shapes
+# differ (the class layers, when fine-tuning on another number of classes).
+custom_hooks = [dict(type='RNGStateHook'), dict(type='LoadFromShapesHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -23,7 +23,7 @@ from ..datasets.checks import DataCheckError, check_config_datasets
 from ..utils import compat  # noqa: F401
 from . import load_from_hook, rng_state_hook  # noqa: F401
 from .cpu_distributed import setup_cpu_distributed
-from .run_config import RunConfigError, add_custom_hook, set_work_dir
+from .run_config import RunConfigError, set_work_dir
 
 
 def is_main_process() -> bool:
@@ -88,9 +88,6 @@ def build_runner(cfg: Config):
 
     # Fewer torch.compile recompilations when the config enables compile.
     setup_cache_size_limit_of_dynamo()
-    if cfg.get('load_from'):
-        # one clear line for the tensors (class layers) left initialised
-        add_custom_hook(cfg, 'LoadFromShapesHook')
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -128,10 +128,11 @@ def add_custom_hook(cfg, hook_type: str) -> bool:
 def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
     """Training safeguards for a config written without them.
 
-    The configs under ``configs/`` declare ``RNGStateHook`` in
-    ``custom_hooks`` (``_base_/default_runtime.py``: ``--resume`` restores
-    the random states) and ``RobustLoadImageFromFile`` in their training and
-    validation pipelines (``_base_/coco_detection.py``: an unreadable image is
+    The configs under ``configs/`` declare ``RNGStateHook`` and
+    ``LoadFromShapesHook`` in ``custom_hooks`` (``_base_/default_runtime.py``:
+    ``--resume`` restores the random states; ``load_from`` names the tensors
+    it leaves initialised) and ``RobustLoadImageFromFile`` in their training
+    and validation pipelines (``_base_/coco_detection.py``: an unreadable image is
     skipped in training and named in validation); for them this does
     nothing. A config of one's own that lacks them (say, an mmdet config, or
     ``custom_hooks`` set without the hook) gets them added, each addition
@@ -142,6 +143,11 @@ def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
         log('The config has no RNGStateHook in custom_hooks: added, so that '
             '--resume restores the random number generator states (declare '
             "custom_hooks = [dict(type='RNGStateHook')] as "
+            'configs/_base_/default_runtime.py does).')
+    if cfg.get('load_from') and add_custom_hook(cfg, 'LoadFromShapesHook'):
+        log('The config has no LoadFromShapesHook in custom_hooks: added, so '
+            'that the log names the tensors load_from leaves initialised '
+            "(declare dict(type='LoadFromShapesHook') in custom_hooks as "
             'configs/_base_/default_runtime.py does).')
     loaders = ('train_dataloader', 'val_dataloader')
     swapped = use_robust_image_loading(cfg, loaders)
