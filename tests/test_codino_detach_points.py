@@ -36,7 +36,7 @@ from gradient_graph import grad_norm, grads, total_loss
 from zoo_testing import tiny_zoo_model_cfg
 
 CONFIG = 'configs/co_dino_5scale_r50_1x_coco.py'
-DINO_DECODER = 'mmdet/models/layers/transformer/dino_layers.py'
+DINO_DECODER = 'codetr/models/transformers/co_dino_decoder.py'
 QUERY_SELECTION = 'codetr/models/transformers/co_dino_transformer.py'
 PROPOSALS = ('mmdet/models/utils/misc.py', 'codetr/models/aux_heads/')
 IOU_TARGETS = ('mmdet/models/dense_heads/detr_head.py',

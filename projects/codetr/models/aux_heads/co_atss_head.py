@@ -1,26 +1,34 @@
 """ATSS as a Co-DETR auxiliary head."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
+from mmcv.cnn import Scale
 from mmdet.models.dense_heads import ATSSHead
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import InstanceList, OptInstanceList, reduce_mean
+from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..any_dtype_nms import any_dtype_nms_cfg
+from ..dtypes import at_least_float32
 from ..positive_coords import PositiveCoords
+from .any_dtype import AnyDtypeAnchorsMixin, any_dtype_head_cfgs
 from .level_batching import levels_side_by_side
 
 
 @MODELS.register_module()
-class CoATSSHead(ATSSHead):
+class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
     """mmdet's ``ATSSHead`` that also reports its assignment (spec 3.2).
 
     Assignment, inference and the loss values are mmdet's. The addition is
     :meth:`loss_and_pos_coords`, which returns the losses together with every
     anchor's assigned label and ground-truth box, so the query head can turn
-    the positives into customised positive queries.
+    the positives into customised positive queries. In a float64 model they
+    are computed in float64 (``any_dtype``: anchors, centerness loss; box
+    regression not cast to float32; NMS through ``any_dtype_nms``); float32
+    values are unchanged.
 
     The box targets must be absolute boxes, hence ``reg_decoded_bbox=True``
     (as in the released config).
@@ -38,13 +46,42 @@ class CoATSSHead(ATSSHead):
     """
 
     def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
         if not self.reg_decoded_bbox:
             raise ValueError('CoATSSHead needs reg_decoded_bbox=True: its '
                              'assigned targets become query targets and '
                              'must be absolute boxes, not deltas.')
         self._targets = None
+
+    def forward_single(self, x: Tensor, scale: Scale) -> Sequence[Tensor]:
+        """mmdet's ``ATSSHead.forward_single``; the box regression is cast
+        to at least float32 (mmdet: to float32, also from float64).
+
+        Args:
+            x (Tensor): (bs, dim, h, w) features of one level.
+            scale (Scale): The level's learnt regression scale.
+
+        Returns:
+            tuple[Tensor]: Class logits (bs, A * num_classes, h, w), box
+            deltas (bs, A * 4, h, w) and centerness (bs, A, h, w).
+        """
+        cls_feat = reg_feat = x
+        for cls_conv in self.cls_convs:
+            cls_feat = cls_conv(cls_feat)
+        for reg_conv in self.reg_convs:
+            reg_feat = reg_conv(reg_feat)
+        cls_score = self.atss_cls(cls_feat)
+        bbox_pred = at_least_float32(scale(self.atss_reg(reg_feat)))
+        centerness = self.atss_centerness(reg_feat)
+        return cls_score, bbox_pred, centerness
+
+    def _bbox_post_process(self, results: InstanceData, cfg, *args,
+                           **kwargs) -> InstanceData:
+        """mmdet's test-time NMS, float64 boxes included
+        (:func:`any_dtype_nms_cfg`)."""
+        return super()._bbox_post_process(results, any_dtype_nms_cfg(cfg),
+                                          *args, **kwargs)
 
     def get_num_level_anchors_inside(self, num_level_anchors: List[int],
                                      inside_flags: Tensor) -> List[int]:

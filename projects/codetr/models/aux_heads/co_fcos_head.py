@@ -2,13 +2,18 @@
 from typing import Dict, List, Tuple
 
 import torch
-from mmdet.models.dense_heads import FCOSHead
+from mmcv.cnn import Scale
+from mmdet.models.dense_heads import AnchorFreeHead, FCOSHead
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..any_dtype_nms import any_dtype_nms_cfg
+from ..dtypes import at_least_float32
 from ..positive_coords import PositiveCoords
+from .any_dtype import any_dtype_head_cfgs
 
 
 @MODELS.register_module()
@@ -23,11 +28,52 @@ class CoFCOSHead(FCOSHead):
     (64 px at stride 8 ... 1024 px at stride 128, the size of the ATSS
     anchors of the same levels) centred on the point, as proposed by the
     Co-DETR authors for FCOS (Sense-X/Co-DETR#35).
+
+    In a float64 model the head computes in float64 (mmdet casts the box
+    regression to float32, and with it the points and targets; its
+    centerness loss and NMS are float32-only: ``any_dtype``,
+    ``any_dtype_nms``); float32 values are unchanged.
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self._targets = None
+
+    def forward_single(self, x: Tensor, scale: Scale,
+                       stride: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """mmdet's ``FCOSHead.forward_single``; the box regression is cast
+        to at least float32 (mmdet: to float32, also from float64).
+
+        Args:
+            x (Tensor): (bs, dim, h, w) features of one level.
+            scale (Scale): The level's learnt regression scale.
+            stride (int): The level's stride (``norm_on_bbox`` at test time).
+
+        Returns:
+            tuple[Tensor]: Class logits (bs, num_classes, h, w), distances
+            (l, t, r, b) (bs, 4, h, w) and centerness (bs, 1, h, w).
+        """
+        cls_score, bbox_pred, cls_feat, reg_feat = \
+            AnchorFreeHead.forward_single(self, x)
+        centerness = self.conv_centerness(
+            reg_feat if self.centerness_on_reg else cls_feat)
+        bbox_pred = at_least_float32(scale(bbox_pred))
+        if self.norm_on_bbox:
+            # clamp, not an in-place ReLU: the prediction is needed for the
+            # gradient (as mmdet)
+            bbox_pred = bbox_pred.clamp(min=0)
+            if not self.training:
+                bbox_pred *= stride
+        else:
+            bbox_pred = bbox_pred.exp()
+        return cls_score, bbox_pred, centerness
+
+    def _bbox_post_process(self, results: InstanceData, cfg, *args,
+                           **kwargs) -> InstanceData:
+        """mmdet's test-time NMS, float64 boxes included
+        (:func:`any_dtype_nms_cfg`)."""
+        return super()._bbox_post_process(results, any_dtype_nms_cfg(cfg),
+                                          *args, **kwargs)
 
     def get_targets(self, points: List[Tensor], *args,
                     **kwargs) -> Tuple[List[Tensor], List[Tensor]]:

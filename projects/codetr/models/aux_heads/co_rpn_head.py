@@ -5,16 +5,22 @@ import torch
 from mmdet.models.dense_heads import RPNHead
 from mmdet.registry import MODELS
 from mmdet.utils import InstanceList, OptInstanceList
+from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..any_dtype_nms import any_dtype_nms_cfg
+from .any_dtype import AnyDtypeAnchorsMixin, any_dtype_head_cfgs
 from .level_batching import levels_side_by_side
 
 
 @MODELS.register_module()
-class CoRPNHead(RPNHead):
+class CoRPNHead(AnyDtypeAnchorsMixin, RPNHead):
     """mmdet's ``RPNHead`` with its losses computed over all levels at once.
 
-    Assignment, sampling, proposals and the loss values are mmdet's.
+    Assignment, sampling, proposals and the loss values are mmdet's. In a
+    float64 model they are computed in float64 (``any_dtype``: anchors,
+    regression targets and the classification loss; NMS through
+    ``any_dtype_nms``); float32 values are unchanged.
 
     Args:
         batched_levels (bool): Run mmdet's single-level loss once on the
@@ -30,8 +36,15 @@ class CoRPNHead(RPNHead):
     """
 
     def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
+
+    def _bbox_post_process(self, results: InstanceData, cfg, *args,
+                           **kwargs) -> InstanceData:
+        """mmdet's proposal NMS, float64 boxes included
+        (:func:`any_dtype_nms_cfg`)."""
+        return super()._bbox_post_process(results, any_dtype_nms_cfg(cfg),
+                                          *args, **kwargs)
 
     def loss_by_feat(self,
                      cls_scores: List[Tensor],

@@ -7,10 +7,11 @@ from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox2roi
-from mmdet.utils import InstanceList
+from mmdet.utils import ConfigType, InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..any_dtype_nms import any_dtype_nms_cfg
 from ..positive_coords import PositiveCoords
 
 
@@ -50,6 +51,18 @@ class CoStandardRoIHead(StandardRoIHead):
         """
         return super()._bbox_forward(
             tuple(lvl.contiguous() for lvl in x), rois)
+
+    def predict_bbox(self,
+                     x: Tuple[Tensor, ...],
+                     batch_img_metas: List[dict],
+                     rpn_results_list: InstanceList,
+                     rcnn_test_cfg: ConfigType,
+                     rescale: bool = False) -> InstanceList:
+        """mmdet's RoI detections; their NMS takes float64 boxes too
+        (:func:`any_dtype_nms_cfg`). Arguments and results are mmdet's."""
+        return super().predict_bbox(x, batch_img_metas, rpn_results_list,
+                                    any_dtype_nms_cfg(rcnn_test_cfg),
+                                    rescale)
 
     def loss(self, x: Tuple[Tensor, ...], rpn_results_list: InstanceList,
              batch_data_samples: SampleList) -> dict:

@@ -12,6 +12,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import ModuleList
 from torch import Tensor
 
+from ..dtypes import at_least_float32
 from .cuda_graphs import CudaGraphCache
 from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
                           inject_num_co_heads, resolve_num_classes)
@@ -208,9 +209,10 @@ class CoDETR(BaseDetector):
         """Class-agnostic RPN losses and the training proposals.
 
         mmdet's ``loss_and_predict``, except that proposals are decoded from
-        fp32 scores: under fp16 autocast, mmcv's ``batched_nms`` (taken for
-        more than 10000 boxes, i.e. ``nms_pre=4000`` over 5 levels) writes
-        fp32 NMS scores into an fp16 buffer and raises.
+        fp32 scores (float64 in a float64 model): under fp16 autocast,
+        mmcv's ``batched_nms`` (taken for more than 10000 boxes, i.e.
+        ``nms_pre=4000`` over 5 levels) writes fp32 NMS scores into an fp16
+        buffer and raises.
 
         Returns:
             tuple[dict, list[InstanceData]]: ``loss_rpn_cls``,
@@ -226,7 +228,8 @@ class CoDETR(BaseDetector):
         losses = self.rpn_head.loss_by_feat(cls_scores, bbox_preds,
                                             gt_instances, img_metas, gt_ignore)
         proposals = self.rpn_head.predict_by_feat(
-            [s.float() for s in cls_scores], [b.float() for b in bbox_preds],
+            [at_least_float32(s) for s in cls_scores],
+            [at_least_float32(b) for b in bbox_preds],
             batch_img_metas=img_metas,
             cfg=self.rpn_proposal_cfg)
         return losses, proposals

@@ -36,6 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch import distributed as dist
 
+from ..dtypes import at_least_float32
+
 
 class BatchedMatchingDETRHead(DETRHead):
     """``DETRHead`` whose losses match and reduce all layers at once.
@@ -137,7 +139,8 @@ class BatchedMatchingDETRHead(DETRHead):
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
         # one host-to-device copy of the image sizes, for matching and loss
-        factors = self._image_factors(batch_img_metas, bbox_preds.float())
+        factors = self._image_factors(batch_img_metas,
+                                      at_least_float32(bbox_preds))
         (labels, label_weights, bbox_targets, bbox_weights,
          num_pos) = self.hungarian_targets(cls_scores, bbox_preds,
                                            batch_gt_instances,
@@ -241,9 +244,9 @@ class BatchedMatchingDETRHead(DETRHead):
         scaler skips it) would make ``linear_sum_assignment`` raise; they
         are matched as zeros, and the losses still see the original values.
 
-        Args: as :meth:`loss_all_layers`, and ``factors``: (bs, 4) fp32
-            ``[w, h, w, h]`` of each image (from ``batch_img_metas`` when
-            None).
+        Args: as :meth:`loss_all_layers`, and ``factors``: (bs, 4)
+            ``[w, h, w, h]`` of each image, fp32 or float64 (from
+            ``batch_img_metas`` when None).
 
         Returns:
             tuple: ``labels`` (L * bs * num_queries, ) with ``num_classes``
@@ -253,8 +256,8 @@ class BatchedMatchingDETRHead(DETRHead):
             ``num_pos`` (L, ) host integers: positives per layer.
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
-        scores = torch.nan_to_num(cls_scores.float(), 0.0, 0.0, 0.0)
-        preds = torch.nan_to_num(bbox_preds.float(), 0.5, 1.0, 0.0)
+        scores = torch.nan_to_num(at_least_float32(cls_scores), 0.0, 0.0, 0.0)
+        preds = torch.nan_to_num(at_least_float32(bbox_preds), 0.5, 1.0, 0.0)
         if factors is None:
             factors = self._image_factors(batch_img_metas, preds)
         costs = []

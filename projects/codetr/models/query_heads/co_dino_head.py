@@ -7,13 +7,63 @@ from mmdet.models.dense_heads import DINOHead
 from mmdet.models.layers import CdnQueryGenerator, inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmdet.utils import ConfigType, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..any_dtype_nms import any_dtype_nms_cfg
 from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
+
+
+class CoCdnQueryGenerator(CdnQueryGenerator):
+    """mmdet's ``CdnQueryGenerator`` whose batched queries take the dtype
+    of the generated ones (mmdet allocates them in the default dtype, so a
+    float64 model's queries cannot be written into them)."""
+
+    def collate_dn_queries(self, input_label_query: Tensor,
+                           input_bbox_query: Tensor, batch_idx: Tensor,
+                           batch_size: int,
+                           num_groups: int) -> Tuple[Tensor, Tensor]:
+        """Scatter the queries of all targets into per-image rows.
+
+        Args:
+            input_label_query (Tensor): (num_target_total * 2 * num_groups,
+                embed_dims).
+            input_bbox_query (Tensor): (num_target_total * 2 * num_groups,
+                4) inverse-sigmoid (cx, cy, w, h).
+            batch_idx (Tensor): (num_target_total, ) image of each target.
+            batch_size (int): Images in the batch.
+            num_groups (int): Denoising groups.
+
+        Returns:
+            tuple[Tensor, Tensor]: (batch_size, num_dn, embed_dims) and
+            (batch_size, num_dn, 4), zeros where an image has fewer
+            targets than the most.
+        """
+        device = input_label_query.device
+        num_target_list = [
+            torch.sum(batch_idx == idx) for idx in range(batch_size)
+        ]
+        max_num_target = max(num_target_list)
+        num_denoising_queries = int(max_num_target * 2 * num_groups)
+        map_query_index = torch.cat([
+            torch.arange(num_target, device=device)
+            for num_target in num_target_list
+        ])
+        map_query_index = torch.cat([
+            map_query_index + max_num_target * i for i in range(2 * num_groups)
+        ]).long()
+        mapper = (batch_idx.repeat(2 * num_groups, 1).view(-1),
+                  map_query_index)
+        batched_label_query = input_label_query.new_zeros(
+            batch_size, num_denoising_queries, self.embed_dims)
+        batched_bbox_query = input_bbox_query.new_zeros(
+            batch_size, num_denoising_queries, 4)
+        batched_label_query[mapper] = input_label_query
+        batched_bbox_query[mapper] = input_bbox_query
+        return batched_label_query, batched_bbox_query
 
 
 @MODELS.register_module()
@@ -106,7 +156,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         if dims != self.embed_dims:
             raise ValueError(f'query_head.embed_dims ({self.embed_dims}) must '
                              f'equal the transformer width ({dims})')
-        self.dn_query_generator = CdnQueryGenerator(
+        self.dn_query_generator = CoCdnQueryGenerator(
             num_classes=self.num_classes,
             embed_dims=dims,
             num_matching_queries=self.num_query,
@@ -207,6 +257,57 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
                          outs['enc_outputs_class'], outs['enc_outputs_coord'],
                          batch_data_samples, outs['dn_meta'])
 
+    def _get_dn_targets_single(self, gt_instances: InstanceData,
+                               img_meta: dict, dn_meta: Dict[str,
+                                                             int]) -> tuple:
+        """``DINOHead._get_dn_targets_single`` with the box targets and
+        weights in the dtype of the ground truth (mmdet allocates them in
+        the default dtype, where a float64 model's targets cannot go).
+
+        Args:
+            gt_instances (InstanceData): ``bboxes`` (n, 4) absolute
+                (x1, y1, x2, y2), ``labels`` (n, ).
+            img_meta (dict): ``img_shape`` (h, w).
+            dn_meta (dict): ``num_denoising_queries``,
+                ``num_denoising_groups``.
+
+        Returns:
+            tuple: ``labels`` (num_dn, ), ``label_weights`` (num_dn, ),
+            ``bbox_targets`` (num_dn, 4) normalised (cx, cy, w, h),
+            ``bbox_weights`` (num_dn, 4), ``pos_inds``, ``neg_inds``.
+        """
+        gt_bboxes = gt_instances.bboxes
+        gt_labels = gt_instances.labels
+        num_groups = dn_meta['num_denoising_groups']
+        num_denoising_queries = dn_meta['num_denoising_queries']
+        num_queries_each_group = int(num_denoising_queries / num_groups)
+        # each group holds the positive queries of all targets, then as
+        # many negative ones
+        target_ids = torch.arange(
+            len(gt_labels), dtype=torch.long,
+            device=gt_bboxes.device).unsqueeze(0).repeat(num_groups, 1)
+        pos_inds = (
+            torch.arange(num_groups, dtype=torch.long,
+                         device=gt_bboxes.device).unsqueeze(1) *
+            num_queries_each_group + target_ids).flatten()
+        pos_assigned_gt_inds = target_ids.flatten()
+        neg_inds = pos_inds + num_queries_each_group // 2
+        labels = gt_bboxes.new_full((num_denoising_queries, ),
+                                    self.num_classes,
+                                    dtype=torch.long)
+        labels[pos_inds] = gt_labels[pos_assigned_gt_inds]
+        label_weights = gt_bboxes.new_ones(num_denoising_queries)
+        bbox_targets = gt_bboxes.new_zeros(num_denoising_queries, 4)
+        bbox_weights = gt_bboxes.new_zeros(num_denoising_queries, 4)
+        bbox_weights[pos_inds] = 1.0
+        img_h, img_w = img_meta['img_shape']
+        factor = gt_bboxes.new_tensor([img_w, img_h, img_w,
+                                       img_h]).unsqueeze(0)
+        bbox_targets[pos_inds] = bbox_xyxy_to_cxcywh(
+            gt_bboxes / factor).repeat([num_groups, 1])
+        return (labels, label_weights, bbox_targets, bbox_weights, pos_inds,
+                neg_inds)
+
     def _predict_by_feat_single(self,
                                 cls_score: Tensor,
                                 bbox_pred: Tensor,
@@ -246,7 +347,10 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         if rescale:
             bboxes = bboxes / bboxes.new_tensor(
                 img_meta['scale_factor']).repeat((1, 2))
-        dets, keep = batched_nms(bboxes, scores, labels, nms_cfg)
+        # mmcv's NMS kernels read float32 only: float64 boxes go to
+        # any_dtype_nms (the same algorithm in float64)
+        dets, keep = batched_nms(bboxes, scores, labels,
+                                 any_dtype_nms_cfg(dict(nms=nms_cfg))['nms'])
         return InstanceData(
             bboxes=dets[:max_per_img, :4],
             scores=dets[:max_per_img, 4],

@@ -17,6 +17,7 @@ from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from ..dtypes import at_least_float32
 from ..positive_coords import (AuxQueryTargets, PositiveCoords,
                                build_aux_targets)
 
@@ -133,17 +134,19 @@ class CoQueryHeadMixin:
     def loss_by_feat(self, all_layers_cls_scores: Tensor,
                      all_layers_bbox_preds: Tensor, enc_cls_scores: Tensor,
                      enc_bbox_preds: Tensor, *args, **kwargs) -> Dict:
-        """mmdet's main and encoder losses, computed in fp32.
+        """mmdet's main and encoder losses, computed in fp32 (float64 for a
+        float64 model).
 
         Under autocast the branches output fp16; the focal matching cost
         ``log(1 - p + 1e-12)`` then underflows to ``-inf`` and the Hungarian
         solver rejects the cost matrix (MD#11416). Losses and matching
         therefore see fp32 predictions.
         """
-        return super().loss_by_feat(all_layers_cls_scores.float(),
-                                    all_layers_bbox_preds.float(),
-                                    enc_cls_scores.float(),
-                                    enc_bbox_preds.float(), *args, **kwargs)
+        return super().loss_by_feat(
+            at_least_float32(all_layers_cls_scores),
+            at_least_float32(all_layers_bbox_preds),
+            at_least_float32(enc_cls_scores), at_least_float32(enc_bbox_preds),
+            *args, **kwargs)
 
     def _get_targets_single(self, cls_score: Tensor, bbox_pred: Tensor,
                             gt_instances: InstanceData,
@@ -240,8 +243,8 @@ class CoQueryHeadMixin:
             [meta['img_shape'][:2] for meta in batch_img_metas])
         factors = img_hw[:, None, [1, 0, 1, 0]].expand(-1, num_queries, -1)
         # fp32 under autocast; element-wise losses, summed per layer and set
-        cls_scores = all_cls_scores.float().reshape(-1, num_classes)
-        bbox_preds = all_bbox_preds.float().reshape(-1, 4)
+        cls_scores = at_least_float32(all_cls_scores).reshape(-1, num_classes)
+        bbox_preds = at_least_float32(all_bbox_preds).reshape(-1, 4)
         flat_targets = per_layer(bbox_targets).reshape(-1, 4)
         loss_cls = self.loss_cls(
             cls_scores,

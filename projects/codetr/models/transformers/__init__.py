@@ -4,7 +4,8 @@ from .co_deformable_detr_layers import (CoDeformableDetrTransformerDecoder,
                                         CoDeformableDetrTransformerEncoder,
                                         CoMultiScaleDeformableAttention)
 from .co_deformable_detr_transformer import CoDeformableDetrTransformer
-from .co_dino_transformer import CoDinoTransformer, CoDinoTransformerDecoder
+from .co_dino_decoder import CoDinoTransformerDecoder
+from .co_dino_transformer import CoDinoTransformer
 from .co_transformer_base import CoTransformerBase
 
 __all__ = [

@@ -26,6 +26,7 @@ from mmengine.model import ModuleList
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..dtypes import at_least_float32
 from .level_shapes import host_level_sizes
 
 
@@ -33,10 +34,10 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     """mmcv's multi-scale deformable attention with two changes.
 
     1. Under autocast the bilinear sampling and weighting (mmcv's CUDA op or
-       its PyTorch path) run in fp32. mmcv's op has no bf16 kernel, and in
-       fp16 its sampling locations lose precision and its backward
-       accumulates in half precision. The projections around it still run
-       in the autocast dtype.
+       its PyTorch path) run in fp32 (a float64 model keeps float64). mmcv's
+       op has no bf16 kernel, and in fp16 its sampling locations lose
+       precision and its backward accumulates in half precision. The
+       projections around it still run in the autocast dtype.
     2. mmcv asserts ``sum(h * w) == num_value`` with a tensor comparison,
        which blocks the host until the GPU catches up, in every layer. The
        shapes come from the same feature maps, so the check is dropped.
@@ -78,11 +79,12 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
             bs, num_query, self.num_heads, self.num_levels * self.num_points)
 
         with torch.autocast(device_type=value.device.type, enabled=False):
-            attention_weights = attention_weights.float().softmax(-1).view(
+            attention_weights = at_least_float32(attention_weights)
+            attention_weights = attention_weights.softmax(-1).view(
                 bs, num_query, self.num_heads, self.num_levels,
                 self.num_points)
-            sampling_offsets = sampling_offsets.float()
-            reference_points = reference_points.float()
+            sampling_offsets = at_least_float32(sampling_offsets)
+            reference_points = at_least_float32(reference_points)
             if reference_points.shape[-1] == 2:
                 offset_normalizer = torch.stack(
                     [spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
@@ -97,7 +99,7 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
             else:
                 raise ValueError('reference_points must end in 2 or 4, got '
                                  f'{tuple(reference_points.shape)}')
-            value = value.float()
+            value = at_least_float32(value)
             if value.is_cuda:
                 output = MultiScaleDeformableAttnFunction.apply(
                     value, spatial_shapes, level_start_index,
@@ -184,6 +186,18 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
         return query
 
 
+def co_decoder_layers(decoder: nn.Module, no_post_norm: str) -> ModuleList:
+    """The ``decoder.num_layers`` layers of an mmdet decoder, each a
+    :class:`CoDeformableDetrTransformerDecoderLayer` of
+    ``decoder.layer_cfg``; raises ``no_post_norm`` if the decoder has a
+    post norm."""
+    if decoder.post_norm_cfg is not None:
+        raise ValueError(f'{no_post_norm}: set decoder.post_norm_cfg=None')
+    return ModuleList(
+        CoDeformableDetrTransformerDecoderLayer(**decoder.layer_cfg)
+        for _ in range(decoder.num_layers))
+
+
 class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
     """Deformable DETR decoder with look-forward-twice (spec 4.2).
 
@@ -206,12 +220,8 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
         super().__init__(*args, **kwargs)
 
     def _init_layers(self) -> None:
-        if self.post_norm_cfg is not None:
-            raise ValueError('Deformable DETR decoders have no post norm: '
-                             'set decoder.post_norm_cfg=None')
-        self.layers = ModuleList(
-            CoDeformableDetrTransformerDecoderLayer(**self.layer_cfg)
-            for _ in range(self.num_layers))
+        self.layers = co_decoder_layers(
+            self, 'Deformable DETR decoders have no post norm')
         self.embed_dims = self.layers[0].embed_dims
 
     def forward(self,

@@ -18,38 +18,13 @@ changes with respect to Co-Deformable-DETR:
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-from mmdet.models.layers import MLP, DinoTransformerDecoder, inverse_sigmoid
+from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptMultiConfig
-from mmengine.model import ModuleList
 from torch import Tensor, nn
 
-from .co_deformable_detr_layers import CoDeformableDetrTransformerDecoderLayer
+from .co_dino_decoder import CoDinoTransformerDecoder
 from .co_transformer_base import CoTransformerBase
-
-
-class CoDinoTransformerDecoder(DinoTransformerDecoder):
-    """mmdet's DINO decoder whose layers use
-    :class:`CoMultiScaleDeformableAttention` (fp32 sampling under autocast,
-    no host synchronisation).
-
-    The forward is mmdet's: per layer, query_pos = ``ref_point_head`` (MLP
-    512-256-256) of the sine embedding of the reference box scaled by the
-    valid ratios; box refinement with ``inverse_sigmoid(eps=1e-3)``; the
-    returned references are the refined boxes before detaching
-    (look-forward-twice) and the hidden states pass the shared ``norm``.
-    """
-
-    def _init_layers(self) -> None:
-        if self.post_norm_cfg is not None:
-            raise ValueError('DINO decoders have no post norm (they share an '
-                             'output norm): set decoder.post_norm_cfg=None')
-        self.layers = ModuleList(
-            CoDeformableDetrTransformerDecoderLayer(**self.layer_cfg)
-            for _ in range(self.num_layers))
-        self.embed_dims = dims = self.layers[0].embed_dims
-        self.ref_point_head = MLP(dims * 2, dims, dims, 2)
-        self.norm = nn.LayerNorm(dims)
 
 
 @MODELS.register_module()

@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.models.detectors.deformable_detr import DeformableDETR
-from mmdet.models.layers import SinePositionalEncoding
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..dtypes import compute_dtype
 from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
 from .level_shapes import host_level_sizes, level_shape_tensors
+from .sine_encoding import CoSinePositionalEncoding, proposal_pos_embed
 
 
 class CoTransformerBase(BaseModule):
@@ -48,13 +49,11 @@ class CoTransformerBase(BaseModule):
     #: Decoder class, built from the ``decoder`` config.
     decoder_type: Type[nn.Module]
 
-    # Reused verbatim from mmdet's Deformable DETR: they only read
-    # ``positional_encoding``, ``level_embed``, ``encoder``,
-    # ``memory_trans_fc`` and ``memory_trans_norm``, which this module owns.
+    # Reused verbatim from mmdet's Deformable DETR: it only runs
+    # ``encoder``, which this module owns.
     forward_encoder = DeformableDETR.forward_encoder
-    get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
-    get_proposal_pos_embed = staticmethod(
-        DeformableDETR.get_proposal_pos_embed)
+    # mmdet's, with the frequencies in the proposals' dtype (float64 too)
+    get_proposal_pos_embed = staticmethod(proposal_pos_embed)
 
     def __init__(self,
                  encoder: ConfigType,
@@ -70,7 +69,7 @@ class CoTransformerBase(BaseModule):
         self.num_co_heads = num_co_heads
         self.as_two_stage = True  # read by the reused mmdet stages
 
-        self.positional_encoding = SinePositionalEncoding(
+        self.positional_encoding = CoSinePositionalEncoding(
             **positional_encoding)
         self.encoder = CoDeformableDetrTransformerEncoder(**encoder)
         self.decoder = self.decoder_type(**decoder)
@@ -126,8 +125,9 @@ class CoTransformerBase(BaseModule):
         if memory_mask is None:
             valid_ratios = feat.new_ones(feat.size(0), len(mlvl_feats), 2)
         else:
+            dtype = compute_dtype(feat.dtype)
             valid_ratios = torch.stack(
-                [self.get_valid_ratio(m) for m in masks], 1)
+                [self.get_valid_ratio(m, dtype) for m in masks], 1)
         return self.stage_inputs(feat, feat_pos, memory_mask, spatial_shapes,
                                  level_start_index, valid_ratios)
 
@@ -203,23 +203,102 @@ class CoTransformerBase(BaseModule):
                 torch.bool).squeeze(0) for feat in mlvl_feats
         ]
 
+    @staticmethod
+    def get_valid_ratio(mask: Tensor,
+                        dtype: torch.dtype = torch.float32) -> Tensor:
+        """mmdet's ``DeformableDETR.get_valid_ratio`` in ``dtype`` (mmdet:
+        float32).
+
+        Args:
+            mask (Tensor): (bs, h, w) bool, True on padding.
+            dtype (torch.dtype): Dtype of the ratios.
+
+        Returns:
+            Tensor: (bs, 2) valid width and height over w and h.
+        """
+        _, height, width = mask.shape
+        valid_h = torch.sum(~mask[:, :, 0], 1)
+        valid_w = torch.sum(~mask[:, 0, :], 1)
+        return torch.stack(
+            [valid_w.to(dtype) / width,
+             valid_h.to(dtype) / height], -1)
+
     def gen_encoder_output_proposals(
             self, memory: Tensor, memory_mask: Optional[Tensor],
             spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
-        """mmdet's two-stage proposals, with the level sizes read back once
-        (:func:`host_level_sizes`) instead of twice per level; the same
-        values.
+        """mmdet's two-stage proposals, the same values in float32, with
+        the level sizes read back once (:func:`host_level_sizes`) instead of
+        twice per level and the grid in the memory's dtype (mmdet: float32,
+        which a float64 model would divide in float32). While tracing (ONNX
+        export) mmdet's own method runs: its sizes stay dynamic.
 
         Without padding mask mmdet copies each level's (h, w) to the device,
         which a CUDA graph capture forbids; while capturing, an all-valid
         mask is passed instead: its valid heights and widths are the same
         h and w, so the proposals and memory are the same values.
+
+        Args:
+            memory (Tensor): Encoder output, (bs, num_feat_points, dim).
+            memory_mask (Tensor, optional): (bs, num_feat_points), True on
+                padding.
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+
+        Returns:
+            tuple[Tensor, Tensor]: The transformed memory (bs,
+            num_feat_points, dim) and the proposals (bs, num_feat_points, 4)
+            as inverse-sigmoid (cx, cy, w, h), inf where invalid.
         """
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # dynamic level sizes in the exported graph (float32 only)
+            return DeformableDETR.gen_encoder_output_proposals(
+                self, memory, memory_mask, spatial_shapes)
         if memory_mask is None and memory.is_cuda and \
                 torch.cuda.is_current_stream_capturing():
             memory_mask = memory.new_zeros(memory.shape[:2], dtype=torch.bool)
-        return DeformableDETR.gen_encoder_output_proposals(
-            self, memory, memory_mask, host_level_sizes(spatial_shapes))
+        bs = memory.size(0)
+        dtype = compute_dtype(memory.dtype)
+        proposals = []
+        start = 0
+        for lvl, (height, width) in enumerate(
+                host_level_sizes(spatial_shapes)):
+            if memory_mask is not None:
+                mask = memory_mask[:, start:start + height * width].view(
+                    bs, height, width, 1)
+                valid_h = torch.sum(~mask[:, :, 0, 0], 1).unsqueeze(-1)
+                valid_w = torch.sum(~mask[:, 0, :, 0], 1).unsqueeze(-1)
+                scale = torch.cat([valid_w, valid_h], 1).view(bs, 1, 1, 2)
+            else:
+                scale = memory.new_tensor([width, height]).view(1, 1, 1, 2)
+            grid_y, grid_x = torch.meshgrid(
+                torch.linspace(
+                    0, height - 1, height, dtype=dtype, device=memory.device),
+                torch.linspace(
+                    0, width - 1, width, dtype=dtype, device=memory.device),
+                indexing='ij')
+            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+            grid = (grid.unsqueeze(0).expand(bs, -1, -1, -1) + 0.5) / scale
+            wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
+            proposals.append(torch.cat((grid, wh), -1).view(bs, -1, 4))
+            start += height * width
+        output_proposals = torch.cat(proposals, 1)
+        # a sum, not ``all``, as mmdet (exportable to ONNX)
+        output_proposals_valid = (
+            (output_proposals > 0.01) & (output_proposals < 0.99)).sum(
+                -1, keepdim=True) == output_proposals.shape[-1]
+        output_proposals = torch.log(output_proposals / (1 - output_proposals))
+        output_memory = memory
+        if memory_mask is not None:
+            output_proposals = output_proposals.masked_fill(
+                memory_mask.unsqueeze(-1), float('inf'))
+            output_memory = output_memory.masked_fill(
+                memory_mask.unsqueeze(-1), float(0))
+        output_proposals = output_proposals.masked_fill(
+            ~output_proposals_valid, float('inf'))
+        output_memory = output_memory.masked_fill(~output_proposals_valid,
+                                                  float(0))
+        output_memory = self.memory_trans_norm(
+            self.memory_trans_fc(output_memory))
+        return output_memory, output_proposals
 
     def check_num_tokens(self, memory: Tensor) -> None:
         """Raise if the encoder gives fewer tokens than queries to select."""
