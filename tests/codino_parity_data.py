@@ -24,11 +24,18 @@ CODINO_DIR = Path(__file__).resolve().parent / 'data' / 'parity' / 'codino'
 CODINO_CONFIG = osp.join(REPO_ROOT, 'configs', 'co_dino_5scale_r50_1x_coco.py')
 SALT = '#C'
 
+# the released code's outputs, run in float32 and in float64
+GOLDEN_FILES = {
+    torch.float32: 'official_codino.json',
+    torch.float64: 'official_codino_f64.json'
+}
 
-def golden() -> dict:
-    """``official_codino.json``: ``shapes`` and, per tag ``one``/``three``,
-    ``losses``, ``losses_seed1``, ``deterministic`` and ``pred``."""
-    with open(CODINO_DIR / 'official_codino.json') as f:
+
+def golden(dtype: torch.dtype = torch.float32) -> dict:
+    """``official_codino.json`` (``official_codino_f64.json`` for float64):
+    ``shapes`` and, per tag ``one``/``three``, ``losses``,
+    ``losses_seed1``, ``deterministic`` and ``pred``."""
+    with open(CODINO_DIR / GOLDEN_FILES[dtype]) as f:
         return json.load(f)
 
 
@@ -48,25 +55,34 @@ def parity_model_cfg() -> ConfigDict:
     return model
 
 
-def filled_model() -> Tuple[torch.nn.Module, Dict[str, str]]:
-    """The Co-DINO parity model with golden weights, in eval mode."""
+def filled_model(
+    dtype: torch.dtype = torch.float32
+) -> Tuple[torch.nn.Module, Dict[str, str]]:
+    """The Co-DINO parity model with golden weights, in eval mode, in
+    ``dtype`` (float64: the float32 weights cast exactly, as the golden
+    run did)."""
     model = build_model(parity_model_cfg())
-    return model, fill_by_released_name(model, SALT)
+    names = fill_by_released_name(model, SALT)
+    return model.to(dtype), names
 
 
-def golden_batch(tag: str) -> Tuple[torch.Tensor, List[DetDataSample]]:
+def golden_batch(
+    tag: str,
+    dtype: torch.dtype = torch.float32
+) -> Tuple[torch.Tensor, List[DetDataSample]]:
     """The golden inputs of ``tag`` (``'one'``: image 0, ``'three'``: all).
 
     Images are already normalised and padded to (288, 352); boxes are
     absolute (x1, y1, x2, y2) in the input frame, scale factor 1; image 2
-    has no boxes.
+    has no boxes. Images and boxes in ``dtype`` (float64: the float32
+    values cast exactly).
     """
     data = torch.load(CODINO_DIR / 'inputs.pt', weights_only=True)
     num_images = {'one': 1, 'three': 3}[tag]
-    inputs = data['img'][:num_images]
+    inputs = data['img'][:num_images].to(dtype)
     samples = [
         golden_sample(i, data['sizes'][i], tuple(inputs.shape[-2:]),
-                      data['gts'][i], data['labels'][i])
+                      data['gts'][i], data['labels'][i], dtype)
         for i in range(num_images)
     ]
     return inputs, samples

@@ -1,23 +1,52 @@
-"""Parity with the released Co-DETR code (Sense-X/Co-DETR, mmdet 2.25).
+"""Parity with the released Co-DETR code (Sense-X/Co-DETR, mmdet 2.25):
+Co-Deformable-DETR.
 
-Same weights (filled by released parameter name), same inputs: every
-seed-independent loss of the released code (26 with one image, 14 with two)
-within 1e-4 relative, and identical detections. See tests/data/parity/.
+Same weights (filled by released parameter name), same inputs (``one``:
+image 0; ``two``: both images, the second padded). See
+``tests/data/parity/README.md``.
+
+float64, against the released code run in float64: every seed-independent
+loss (26 with one image, 14 with two) within F64_LOSS_RTOL relative, and the
+100 ``detr`` detections per image within F64_DETECTIONS (paired per class
+by box, so the order of tied scores does not matter). Seen: 4.1e-15
+relative (``enc_loss_iou``), 5.1e-13 px, 1.4e-15 in score. The sine
+encoding reproduces the released operation order, so the padded positions
+of image 1 agree too (``sine_encoding.py``).
+
+float32, against the released code run in float32, only where the CPU's
+float kernels cannot move the result beyond the bounds: the seed-independent
+losses that do not pass the top-300 query selection (encoder, RPN, RoI,
+ATSS and positive-query losses) within F32_LOSS_RTOL. They also show that
+running in float64 changed nothing in float32. The bounds are in
+``parity_data.py``.
 """
+import copy
+
 import pytest
 import torch
-from parity_data import (detections_per_class, deterministic_keys,
-                         filled_model, golden, golden_batch)
+from parity_data import (F32_LOSS_RTOL, F64_DETECTIONS, F64_LOSS_RTOL,
+                         QUERY_HEAD_LOSSES, compare, detections_per_class,
+                         deterministic_keys, filled_model, golden,
+                         golden_batch, model_dtype, over, relative_differences,
+                         total)
 
 from projects.codetr.checkpoint import from_released, to_released
 
-RTOL = 1e-4
+TAGS = {1: 'one', 2: 'two'}
 
 
 @pytest.fixture(scope='module')
 def parity():
+    """The float32 model and the released float32 outputs."""
     model, names = filled_model()
     return model, names, golden()
+
+
+@pytest.fixture(scope='module')
+def parity64():
+    """The float64 model and the released float64 outputs."""
+    model, names = filled_model(torch.float64)
+    return model, names, golden(torch.float64)
 
 
 def test_every_released_tensor_is_mapped_once_with_its_shape(parity):
@@ -46,7 +75,8 @@ def test_unknown_names_are_rejected():
 
 
 def run_golden(parity, num_images: int, tag: str, mode: str):
-    """Run the model on the golden inputs of ``num_images`` images.
+    """Run the model on the golden inputs of ``num_images`` images, in the
+    model's dtype.
 
     Args:
         mode: 'losses' (``model.loss`` in training mode, seed 0) or 'pred'
@@ -59,61 +89,78 @@ def run_golden(parity, num_images: int, tag: str, mode: str):
     """
     model, _, gold = parity
     expected = gold['results'][f'{tag}_{mode}']
-    inputs, samples = golden_batch(num_images)
+    inputs, samples = golden_batch(num_images, model_dtype(model))
     model.train(mode == 'losses')
-    with torch.no_grad():
-        if mode == 'losses':
-            torch.manual_seed(0)
-            ours = model.loss(inputs, samples)
-        else:
-            ours = model.predict(inputs, samples, rescale=False)
-    model.eval()
+    try:
+        with torch.no_grad():
+            if mode == 'losses':
+                torch.manual_seed(0)
+                ours = model.loss(inputs, samples)
+            else:
+                ours = model.predict(inputs, samples, rescale=False)
+    finally:
+        model.eval()
     return ours, expected
 
 
-@pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
-def test_losses_match_the_released_code(parity, num_images, tag):
-    losses, expected = run_golden(parity, num_images, tag, 'losses')
-    keys = deterministic_keys(num_images)
-    assert len(keys) == {1: 26, 2: 14}[num_images]
+def loss_differences(parity, num_images: int, keys=None) -> dict:
+    """Relative differences of our seed-0 losses to the released ones, for
+    ``keys`` (default: every seed-independent key)."""
+    losses, expected = run_golden(parity, num_images, TAGS[num_images],
+                                  'losses')
     assert set(expected) == set(losses)  # the same 29 loss entries
-    mismatches = {}
-    for key in keys:
-        ours = sum(
-            v.sum()
-            for v in losses[key]) if isinstance(losses[key],
-                                                (list, tuple)) else losses[key]
-        ours = float(ours)
-        if abs(ours - expected[key]) > RTOL * abs(expected[key]):
-            mismatches[key] = (ours, expected[key])
-    assert not mismatches, f'{len(mismatches)}/{len(keys)} differ: ' \
-        f'{mismatches}'
+    ours = {key: total(value) for key, value in losses.items()}
+    keys = deterministic_keys(num_images) if keys is None else keys
+    return relative_differences(ours, expected, keys)
 
 
-@pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
-def test_detections_match_the_released_code(parity, num_images, tag):
-    results, expected = run_golden(parity, num_images, tag, 'pred')
+@pytest.mark.parametrize('num_images', [1, 2])
+def test_losses_match_the_released_code_in_float64(parity64, num_images):
+    diff = loss_differences(parity64, num_images)
+    assert len(diff) == {1: 26, 2: 14}[num_images]
+    far = {k: v for k, v in diff.items() if v > F64_LOSS_RTOL}
+    assert not far, f'{len(far)}/{len(diff)} differ (relative): {far}'
+
+
+@pytest.mark.parametrize('num_images', [1, 2])
+def test_detections_match_the_released_code_in_float64(parity64, num_images):
+    results, expected = run_golden(parity64, num_images, TAGS[num_images],
+                                   'pred')
     assert len(results) == len(expected) == num_images
-    for result, gold_classes in zip(results, expected):
+    for image, (result, gold_classes) in enumerate(zip(results, expected)):
         pred = result.pred_instances
+        assert pred.bboxes.dtype == pred.scores.dtype == torch.float64
+        assert len(pred) == 100
         ours = detections_per_class(pred.bboxes, pred.scores, pred.labels,
                                     len(gold_classes))
-        assert [len(c) for c in ours] == [len(c) for c in gold_classes]
-        assert sum(len(c) for c in ours) == 100
-        for cls, (mine, theirs) in enumerate(zip(ours, gold_classes)):
-            if not theirs:
-                continue
-            theirs = torch.tensor(theirs)
-            # boxes in pixels (up to 320), scores in [0, 1]
-            torch.testing.assert_close(
-                mine[:, :4],
-                theirs[:, :4],
-                rtol=0,
-                atol=1e-3,
-                msg=f'boxes of class {cls}')
-            torch.testing.assert_close(
-                mine[:, 4],
-                theirs[:, 4],
-                rtol=0,
-                atol=1e-5,
-                msg=f'scores of class {cls}')
+        worst = compare(ours, gold_classes)
+        assert not over(worst, F64_DETECTIONS), \
+            f'image {image}: {worst} (allowed: {F64_DETECTIONS})'
+
+
+@pytest.mark.parametrize('num_images', [1, 2])
+def test_auxiliary_losses_match_the_released_code_in_float32(
+        parity, num_images):
+    """The seed-independent losses outside the query selection, float32."""
+    keys = [
+        k for k in deterministic_keys(num_images) if k not in QUERY_HEAD_LOSSES
+    ]
+    assert len(keys) == {1: 20, 2: 8}[num_images]
+    diff = loss_differences(parity, num_images, keys)
+    far = {k: v for k, v in diff.items() if v > F32_LOSS_RTOL}
+    assert not far, f'{len(far)}/{len(diff)} differ (relative): {far}'
+
+
+def test_a_decoder_weight_scaled_by_1_01_fails_by_orders_of_magnitude(
+        parity64):
+    """The float64 bound sees a small model error: one weight matrix of the
+    last decoder layer scaled by 1.01 moves the query-head losses far
+    beyond F64_LOSS_RTOL (seen: 1.9e-3 relative, ``loss_bbox``)."""
+    model, names, gold = parity64
+    mutant = copy.deepcopy(model)
+    weight = mutant.query_head.transformer.decoder.layers[-1].ffn.layers[
+        1].weight
+    with torch.no_grad():
+        weight.mul_(1.01)
+    diff = loss_differences((mutant, names, gold), 1, QUERY_HEAD_LOSSES)
+    assert max(diff.values()) > 1e4 * F64_LOSS_RTOL, diff

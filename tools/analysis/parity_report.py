@@ -1,11 +1,11 @@
 """How close our losses are to the released code's golden outputs.
 
 Prints, for the golden batches of Co-Deformable-DETR (1 and 2 images) and
-Co-DINO (1 and 3 images), each deterministic loss entry's relative
-difference to the released code and how many are identical: the figures
-the parity tests (``tests/test_parity.py``, ``tests/test_codino_parity.py``)
-bound, reported in full so a change that moves them is visible. CPU, about
-a minute::
+Co-DINO (1 and 3 images), in float32 and in float64 (against the released
+code run in float32 and in float64), how many deterministic loss entries
+are identical and the largest relative difference: the figures the parity
+tests (``tests/test_parity.py``, ``tests/test_codino_parity.py``) bound,
+reported so a change that moves them is visible. CPU, a few minutes::
 
     python tools/analysis/parity_report.py
 """
@@ -30,23 +30,27 @@ def report(name: str, ours: dict, gold: dict, keys) -> None:
 def main() -> None:
     import test_codino_parity as codino
     import test_parity as deform
+    import torch
     from codino_parity_data import filled_model as codino_model
     from codino_parity_data import golden as codino_golden
     from parity_data import deterministic_keys, filled_model, golden
 
-    model, names = filled_model()
-    parity = (model, names, golden())
-    for num_images, tag in [(1, 'one'), (2, 'two')]:
-        ours, gold = deform.run_golden(parity, num_images, tag, 'losses')
-        report(f'Co-Deformable-DETR, {num_images} image(s)',
-               {k: codino.total(v) for k, v in ours.items()}, gold,
-               deterministic_keys(num_images))
-    model, names = codino_model()
-    parity = (model, names, codino_golden())
-    for tag in codino.TAGS:
-        gold = parity[2][tag]
-        report(f'Co-DINO, {tag}', codino.losses_of(parity, tag, seed=0),
-               gold['losses'], gold['deterministic'])
+    for dtype in (torch.float32, torch.float64):
+        suffix = '' if dtype == torch.float32 else ', float64'
+        model, names = filled_model(dtype)
+        parity = (model, names, golden(dtype))
+        for num_images, tag in [(1, 'one'), (2, 'two')]:
+            ours, gold = deform.run_golden(parity, num_images, tag, 'losses')
+            report(f'Co-Deformable-DETR, {num_images} image(s){suffix}',
+                   {k: codino.total(v) for k, v in ours.items()}, gold,
+                   deterministic_keys(num_images))
+        model, names = codino_model(dtype)
+        parity = (model, names, codino_golden(dtype))
+        for tag in codino.TAGS:
+            gold = parity[2][tag]
+            report(f'Co-DINO, {tag}{suffix}',
+                   codino.losses_of(parity, tag, seed=0), gold['losses'],
+                   gold['deterministic'])
 
 
 if __name__ == '__main__':
