@@ -30,8 +30,7 @@ GPU_SETUP ?= install
 GPU_WORKERS ?= 4
 GPU_MEASUREMENTS ?= work_dirs/gpu_measurements.jsonl
 # tests/gpu and the CUDA tests of the CPU suite's files (marked gpu too)
-GPU_TESTS = tests/gpu tests/test_cuda_graphs.py tests/test_layers.py \
-	tests/test_sync_free_targets.py
+GPU_TESTS = tests
 test-gpu: $(GPU_SETUP)
 	@$(PYTHON) -c "import sys, torch; torch.cuda.is_available() or \
 	sys.exit('make test-gpu: torch sees no CUDA device (docs/testing.md)')"

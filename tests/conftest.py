@@ -12,11 +12,25 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A fixture plugin (``pytest_plugins``) of the gradient tests, which also
 # import its helpers: rewrite its asserts before that first import.
 pytest.register_assert_rewrite('gradient_graph')
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the tests marked ``gpu`` (in ``tests/gpu/`` and beside the CPU
+    tests of CUDA-only paths) where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason='needs a CUDA GPU: run `make test-gpu` on a GPU machine '
+        '(docs/testing.md)')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope='session')

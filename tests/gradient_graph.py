@@ -2,7 +2,8 @@
 
 A pytest plugin of test_gradient_paths.py (pyramid, RoI and auxiliary-head
 gradients against per-image references) and test_detach_points.py (the
-spec's detach points), which load it with ``pytest_plugins``: its fixtures
+detach points of docs/design.md), which load it with ``pytest_plugins``: its
+fixtures
 build the shrunk K = 3 model and one training forward per test module.
 """
 import os.path as osp

@@ -216,6 +216,20 @@ def relative_differences(ours: Dict[str, float], gold: Dict[str, float],
     }
 
 
+# (what, entries, identical, worst relative difference, its key) of each
+# loss comparison with the golden outputs; tests/parity/conftest.py prints
+# them at the end of the run, so that a change that moves them is visible.
+FIGURES: List[Tuple[str, int, int, float, str]] = []
+
+
+def record(what: str, diff: Dict[str, float]) -> None:
+    """Keep the figures of one comparison (``relative_differences``) for
+    the end-of-run summary."""
+    worst = max(diff, key=diff.get)
+    FIGURES.append((what, len(diff), sum(v == 0 for v in diff.values()),
+                    diff[worst], worst))
+
+
 def compare(ours: List[torch.Tensor], theirs: List) -> Dict:
     """Per class, pair our detections with the released ones (minimal
     largest coordinate difference; the order of near-tied scores is not

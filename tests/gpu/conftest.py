@@ -10,17 +10,6 @@ import torch
 from gpu_testing import MEASUREMENTS_ENV
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(
-        reason='needs a CUDA GPU: run `make test-gpu` on a GPU machine '
-        '(docs/testing.md)')
-    for item in items:
-        if 'gpu' in item.keywords:
-            item.add_marker(skip)
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     path = os.environ.get(MEASUREMENTS_ENV)
     if not path or not os.path.isfile(path):

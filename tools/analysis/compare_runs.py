@@ -13,8 +13,8 @@ import sys
 from typing import List, Optional
 
 try:
-    from projects.codetr.analysis.curves import (find_scalar_files,
-                                                 plot_runs, read_scalars)
+    from projects.codetr.analysis.curves import (find_scalar_files, plot_runs,
+                                                 read_scalars)
 except ModuleNotFoundError as err:  # the plugin or a dependency is missing
     sys.exit(f'error: {err}. Install the codetr plugin and its dependencies: '
              '`bash tools/install.sh` from the repository root.')

@@ -22,7 +22,6 @@ from .convergence_arms import ARMS, SEED, lr_step_at
 from .convergence_report import summarize, write_atomic
 from .curves import find_scalar_files
 
-
 # --------------------------------------------------------------- configs
 
 

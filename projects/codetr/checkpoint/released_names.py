@@ -11,9 +11,10 @@ auxiliary heads and the Co-DETR projections) has the same name in both.
 :func:`convert_state_dict` translates a whole state dict and names every key
 that does not map. The renames were confirmed against the complete list of
 the released model's tensors (``tests/data/parity/official_seed0.json``,
-checked by ``tests/test_parity.py``; Co-DINO:
+checked by ``tests/parity/test_parity.py``; Co-DINO:
 ``tests/data/parity/codino/official_codino.json``, checked by
-``tests/test_convert_codino.py`` and ``tests/test_codino_parity.py``).
+``tests/checkpoint/test_convert_layouts.py`` and
+``tests/parity/test_codino_parity.py``).
 
 Co-DINO adds: the transformer's content queries (``query_embedding`` here,
 ``query_embed`` there), the DINO decoder's ``ref_point_head`` (mmdet's

@@ -5,7 +5,7 @@ mmengine's ``DefaultOptimWrapperConstructor`` turns a ``paramwise_cfg``
 parameter group per parameter tensor, about 500 for Co-Deformable-DETR
 R50. PyTorch's optimizers loop over groups in Python and run their
 ``foreach`` kernels per group, so an AdamW step then costs thousands of
-kernel launches instead of a few dozen (issue 13). This constructor
+kernel launches instead of a few dozen. This constructor
 computes exactly mmengine's per-parameter options and then merges the
 groups whose options are equal: the same learning rate, weight decay and
 momentum for every parameter, in a handful of groups.

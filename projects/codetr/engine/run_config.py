@@ -132,11 +132,11 @@ def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
     ``LoadFromShapesHook`` in ``custom_hooks`` (``_base_/default_runtime.py``:
     ``--resume`` restores the random states; ``load_from`` names the tensors
     it leaves initialised) and ``RobustLoadImageFromFile`` in their training
-    and validation pipelines (``_base_/coco_detection.py``: an unreadable image is
-    skipped in training and named in validation); for them this does
-    nothing. A config of one's own that lacks them (say, an mmdet config, or
-    ``custom_hooks`` set without the hook) gets them added, each addition
-    with a line in ``log`` that names the declaration to copy.
+    and validation pipelines (``_base_/coco_detection.py``: an unreadable
+    image is skipped in training and named in validation); for them this
+    does nothing. A config of one's own that lacks them (say, an mmdet
+    config, or ``custom_hooks`` set without the hooks) gets them added, each
+    addition with a line in ``log`` that names the declaration to copy.
     """
     from ..datasets.robust_loading import use_robust_image_loading
     if add_custom_hook(cfg, 'RNGStateHook'):

@@ -15,6 +15,11 @@ The folders follow the method:
   their common base and layers.
 - ``aux_heads/``: :class:`CoATSSHead`, :class:`CoFCOSHead`,
   :class:`CoStandardRoIHead`, the one-to-many heads.
+- ``task_modules/``: speed-ups that compute what the mmdet parts they
+  replace compute (cached anchors, a sync-free MaxIoU assigner, level
+  batching, level shapes).
+- ``precision/``: dtype rules (float32 under autocast, float64 for
+  ``model.double()``) and float64 paths of float32-only mmdet/mmcv parts.
 - ``positive_coords.py``: the interface between the two kinds of head:
   what an auxiliary head hands over (:class:`PositiveCoords`) and the
   targets a query head builds from it.
@@ -22,7 +27,9 @@ The folders follow the method:
 from .aux_heads import CoATSSHead, CoFCOSHead, CoStandardRoIHead
 from .detectors import CoDETR
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
+from .precision import AnyDtypeCrossEntropyLoss, AnyDtypeDeltaXYWHBBoxCoder
 from .query_heads import CoDeformDETRHead, CoDINOHead, CoQueryHeadMixin
+from .task_modules import CachedAnchorGenerator, SyncFreeMaxIoUAssigner
 from .transformers import (CoDeformableDetrTransformer,
                            CoDeformableDetrTransformerDecoder,
                            CoDeformableDetrTransformerEncoder,
@@ -35,5 +42,7 @@ __all__ = [
     'CoMultiScaleDeformableAttention', 'CoATSSHead', 'CoStandardRoIHead',
     'CoFCOSHead', 'PositiveCoords', 'AuxQueryTargets', 'build_aux_targets',
     'CoDINOHead', 'CoQueryHeadMixin', 'CoDinoTransformer',
-    'CoDinoTransformerDecoder', 'CoTransformerBase'
+    'CoDinoTransformerDecoder', 'CoTransformerBase', 'CachedAnchorGenerator',
+    'SyncFreeMaxIoUAssigner', 'AnyDtypeCrossEntropyLoss',
+    'AnyDtypeDeltaXYWHBBoxCoder'
 ]

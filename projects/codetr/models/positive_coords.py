@@ -4,7 +4,7 @@ Every one-to-many auxiliary head (ATSS, Faster R-CNN, FCOS, ...) hands the
 query head a :class:`PositiveCoords`: the boxes it assigned, with their
 labels, their ground-truth targets and their features. The query head turns
 each set into customised positive queries with :func:`build_aux_targets`
-(spec section 3.3).
+(docs/design.md, positive queries).
 """
 from dataclasses import dataclass
 from typing import List
@@ -81,7 +81,8 @@ def build_aux_targets(pos_coords: PositiveCoords,
                       num_classes: int,
                       max_pos_coords: int = 300,
                       min_pos_coords: int = 9) -> AuxQueryTargets:
-    """Select N positives per image and pad with negatives (spec 3.3).
+    """Select N positives per image and pad with negatives (docs/design.md,
+    positive queries).
 
     ``N = max(min_pos_coords, min(max_pos_coords, max_i n_i))`` where ``n_i``
     is the number of positives of image ``i``; every image gets N slots. An

@@ -1,14 +1,11 @@
 """Auxiliary (one-to-many) heads: mmdet heads that, besides their own
 losses, report the positive coordinates their assigner chose
 (:class:`~..positive_coords.PositiveCoords`)."""
-from .cached_anchor_generator import CachedAnchorGenerator
 from .co_atss_head import CoATSSHead
 from .co_fcos_head import CoFCOSHead
 from .co_rpn_head import CoRPNHead
 from .co_standard_roi_head import CoStandardRoIHead
-from .sync_free_max_iou_assigner import SyncFreeMaxIoUAssigner
 
 __all__ = [
-    'CachedAnchorGenerator', 'CoATSSHead', 'CoFCOSHead', 'CoRPNHead',
-    'CoStandardRoIHead', 'SyncFreeMaxIoUAssigner'
+    'CoATSSHead', 'CoFCOSHead', 'CoRPNHead', 'CoStandardRoIHead'
 ]

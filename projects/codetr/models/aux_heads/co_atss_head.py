@@ -11,16 +11,18 @@ from mmdet.utils import InstanceList, OptInstanceList, reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..any_dtype_nms import any_dtype_nms_cfg
-from ..dtypes import at_least_float32
 from ..positive_coords import PositiveCoords
-from .any_dtype import AnyDtypeAnchorsMixin, any_dtype_head_cfgs
-from .level_batching import levels_side_by_side
+from ..precision.any_dtype_heads import (AnyDtypeAnchorsMixin,
+                                         any_dtype_head_cfgs)
+from ..precision.any_dtype_nms import any_dtype_nms_cfg
+from ..precision.dtypes import at_least_float32
+from ..task_modules.level_batching import levels_side_by_side
 
 
 @MODELS.register_module()
 class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
-    """mmdet's ``ATSSHead`` that also reports its assignment (spec 3.2).
+    """mmdet's ``ATSSHead`` that also reports its assignment (docs/design.md,
+    positive queries).
 
     Assignment, inference and the loss values are mmdet's. The addition is
     :meth:`loss_and_pos_coords`, which returns the losses together with every
@@ -37,7 +39,7 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
         batched_levels (bool): Compute each loss once over all pyramid
             levels instead of once per level (mmdet): the same sums in
             another order, with a fifth of the kernel launches and one
-            ``nonzero`` synchronisation instead of five (issue 13). The
+            ``nonzero`` synchronisation instead of five. The
             loss entries are then tensors, not per-level lists. Defaults to
             False (``ATSSHead.loss_by_feat``): the sums in mmdet's order,
             which match the released code's golden losses bit for bit; the

@@ -10,10 +10,10 @@ from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..any_dtype_nms import any_dtype_nms_cfg
-from ..dtypes import at_least_float32
 from ..positive_coords import PositiveCoords
-from .any_dtype import any_dtype_head_cfgs
+from ..precision.any_dtype_heads import any_dtype_head_cfgs
+from ..precision.any_dtype_nms import any_dtype_nms_cfg
+from ..precision.dtypes import at_least_float32
 
 
 @MODELS.register_module()

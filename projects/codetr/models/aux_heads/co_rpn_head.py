@@ -8,9 +8,10 @@ from mmdet.utils import InstanceList, OptInstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..any_dtype_nms import any_dtype_nms_cfg
-from .any_dtype import AnyDtypeAnchorsMixin, any_dtype_head_cfgs
-from .level_batching import levels_side_by_side
+from ..precision.any_dtype_heads import (AnyDtypeAnchorsMixin,
+                                         any_dtype_head_cfgs)
+from ..precision.any_dtype_nms import any_dtype_nms_cfg
+from ..task_modules.level_batching import levels_side_by_side
 
 
 @MODELS.register_module()
@@ -27,7 +28,7 @@ class CoRPNHead(AnyDtypeAnchorsMixin, RPNHead):
             levels laid side by side (:func:`levels_side_by_side`) instead
             of once per level: both losses are sums over the sampled
             anchors divided by one ``avg_factor``, so only the order of the
-            sum changes, for a fifth of the kernel launches (issue 13).
+            sum changes, for a fifth of the kernel launches.
             The loss entries are then tensors, not per-level lists.
             Defaults to False (``RPNHead.loss_by_feat``): the sums in
             mmdet's order, which match the released code's golden losses

@@ -11,8 +11,8 @@ from mmdet.utils import ConfigType, InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..any_dtype_nms import any_dtype_nms_cfg
 from ..positive_coords import PositiveCoords
+from ..precision.any_dtype_nms import any_dtype_nms_cfg
 
 
 @MODELS.register_module()
@@ -21,7 +21,8 @@ class CoStandardRoIHead(StandardRoIHead):
 
     Losses and inference are unchanged; :meth:`loss_and_pos_coords` also
     returns the sampled RoIs with their labels, assigned boxes and pooled
-    features (spec 3.1). The bbox head must regress decoded boxes
+    features (docs/design.md, positive queries). The bbox head must regress
+    decoded boxes
     (``reg_decoded_bbox=True``) so that its targets are absolute boxes.
 
     Args:
@@ -122,7 +123,8 @@ class CoStandardRoIHead(StandardRoIHead):
     def _pos_coords(self, sampling_results: List, labels: Tensor,
                     bbox_targets: Tensor,
                     bbox_feats: Tensor) -> PositiveCoords:
-        """Stack the first P sampled RoIs of every image (spec 3.1)."""
+        """Stack the first P sampled RoIs of every image (docs/design.md,
+        positive queries)."""
         counts = [len(res.priors) for res in sampling_results]
         num = min(self.max_pos_coords, *counts)
         feats = bbox_feats.mean(dim=(2, 3))  # (num_rois, dim), not detached

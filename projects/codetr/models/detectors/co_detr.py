@@ -12,7 +12,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import ModuleList
 from torch import Tensor
 
-from ..dtypes import at_least_float32
+from ..precision.dtypes import at_least_float32
 from .cuda_graphs import CudaGraphCache
 from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
                           inject_num_co_heads, resolve_num_classes)
@@ -30,7 +30,8 @@ def add_loss_suffix(losses: Dict[str, Tensor],
 class CoDETR(BaseDetector):
     """Co-DETR: DETRs with collaborative hybrid assignments training.
 
-    Training (spec section 2): backbone and neck feed the query head's
+    Training (docs/design.md, data flow): backbone and neck feed the query
+    head's
     encoder; the encoder memory, rebuilt as a 5-level pyramid, feeds the
     auxiliary heads (RPN + RoI heads, dense heads such as ATSS), whose
     one-to-many assignments become customised positive queries decoded by
@@ -150,7 +151,7 @@ class CoDETR(BaseDetector):
 
     def loss(self, batch_inputs: Tensor,
              batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """All training losses (spec section 2).
+        """All training losses (docs/design.md, data flow).
 
         Args:
             batch_inputs (Tensor): Padded images, (bs, 3, H, W).
@@ -238,7 +239,7 @@ class CoDETR(BaseDetector):
                 batch_inputs: Tensor,
                 batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        """Detections of ``eval_module`` (spec section 5).
+        """Detections of ``eval_module`` (docs/design.md, inference).
 
         Returns:
             list[DetDataSample]: With ``pred_instances`` (``bboxes`` absolute

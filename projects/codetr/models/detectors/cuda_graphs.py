@@ -1,7 +1,7 @@
 """Inference replayed from CUDA graphs, one graph per input signature.
 
 At batch 1 a Co-DETR forward is bound by the host: about a thousand kernel
-launches from Python for ~20 ms of GPU work (issue 13's profile). A CUDA
+launches from Python for ~20 ms of GPU work (docs/performance.md). A CUDA
 graph records the launches of one forward once and replays them with a
 single call. A graph holds fixed addresses and shapes, so one is captured
 per *signature* (input shape and dtype, the image shapes the padding masks

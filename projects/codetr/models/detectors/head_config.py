@@ -8,7 +8,7 @@ Two layouts are accepted:
   so adding, removing or replacing an auxiliary head is one edit;
 - **released** (mmdet 2.x Co-DETR configs): ``train_cfg``/``test_cfg`` are
   lists indexed by position: 0 = query head, 1 + i = RPN + ``roi_head[i]``,
-  1 + len(roi_head) + j = ``bbox_head[j]`` (spec 1.7).
+  1 + len(roi_head) + j = ``bbox_head[j]`` (docs/design.md, loss weights).
 
 Values the detector owns (``num_classes``) are injected into every head and
 must not disagree.

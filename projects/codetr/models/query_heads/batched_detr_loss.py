@@ -7,7 +7,7 @@ targets with ``nonzero``/``unique`` (two more waits), and every layer's
 three losses are separate calls with one more wait each in the L1/GIoU
 zero-weight checks. With 6 decoder layers, the encoder proposals and
 batch 2, that is about 2300 kernel launches and 70 waits per step, and
-the step is bound by the host (issue 13).
+the step is bound by the host.
 
 :class:`BatchedMatchingDETRHead` computes the same targets and losses with
 the layers stacked: one cost matrix per image for all layers (the match
@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch import distributed as dist
 
-from ..dtypes import at_least_float32
+from ..precision.dtypes import at_least_float32
 
 
 class BatchedMatchingDETRHead(DETRHead):

@@ -30,7 +30,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         transformer (dict): Config of ``CoDeformableDetrTransformer``.
         positional_encoding (dict, optional): Config of the sine positional
             encoding; defaults to ``num_feats=128, normalize=True,
-            offset=-0.5`` (spec 1.2).
+            offset=-0.5`` (docs/design.md, released code).
         num_query (int): Number of queries. Defaults to 300.
         max_pos_coords (int): Upper bound of customised positive queries per
             image and auxiliary head. Defaults to 300.

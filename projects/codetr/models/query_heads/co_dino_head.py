@@ -1,4 +1,4 @@
-"""The query head of Co-DINO (spec section 9)."""
+"""The query head of Co-DINO (docs/design.md, query selection)."""
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -12,7 +12,7 @@ from mmdet.utils import ConfigType, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..any_dtype_nms import any_dtype_nms_cfg
+from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
 

@@ -3,7 +3,8 @@
 A Co-DETR query head (Co-Deformable-DETR's, Co-DINO's) owns its transformer,
 feeds the encoder memory to the auxiliary heads as a pyramid and decodes the
 auxiliary heads' positives as customised positive queries with one-to-many
-targets (spec sections 2.3 and 3). :class:`CoQueryHeadMixin` implements
+targets (docs/design.md, data flow and positive queries).
+:class:`CoQueryHeadMixin` implements
 those parts once; each head combines it with the mmdet head whose matching,
 losses and post-processing it reuses (``DeformableDETRHead``, ``DINOHead``).
 """
@@ -17,9 +18,9 @@ from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from ..dtypes import at_least_float32
 from ..positive_coords import (AuxQueryTargets, PositiveCoords,
                                build_aux_targets)
+from ..precision.dtypes import at_least_float32
 
 
 class CoQueryHeadMixin:
@@ -86,7 +87,8 @@ class CoQueryHeadMixin:
         """Turn the encoder memory into the auxiliary heads' pyramid.
 
         The memory is split back into its levels and a stride-2
-        ``downsample`` of the last level is appended (spec 2.3). Nothing is
+        ``downsample`` of the last level is appended (docs/design.md, data
+        flow). Nothing is
         detached: auxiliary losses train encoder, neck and backbone.
 
         Args:
@@ -165,7 +167,8 @@ class CoQueryHeadMixin:
 
     def loss_aux(self, enc: Dict, pos_coords: Sequence[PositiveCoords],
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """One-to-many losses of the customised positive queries (spec 3.4).
+        """One-to-many losses of the customised positive queries
+        (docs/design.md, positive queries).
 
         The query sets of all auxiliary heads are decoded in one decoder
         pass: concatenated along the query axis, with a block-diagonal
@@ -185,7 +188,7 @@ class CoQueryHeadMixin:
         Returns:
             dict[str, Tensor]: ``loss_{cls,bbox,iou}_aux{k}`` for the last
             decoder layer and ``d{i}.loss_{cls,bbox,iou}_aux{k}`` for the
-            others (spec 2.6).
+            others (docs/design.md, loss weights).
         """
         if not pos_coords:
             return dict()

@@ -26,8 +26,8 @@ from mmengine.model import ModuleList
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..dtypes import at_least_float32
-from .level_shapes import host_level_sizes
+from ..precision.dtypes import at_least_float32
+from ..task_modules.level_shapes import host_level_sizes
 
 
 class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
@@ -199,7 +199,8 @@ def co_decoder_layers(decoder: nn.Module, no_post_norm: str) -> ModuleList:
 
 
 class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
-    """Deformable DETR decoder with look-forward-twice (spec 4.2).
+    """Deformable DETR decoder with look-forward-twice (docs/design.md, query
+    selection).
 
     mmdet's decoder returns the detached refined boxes. With
     ``look_forward_twice=True`` the returned reference of layer ``l`` is the

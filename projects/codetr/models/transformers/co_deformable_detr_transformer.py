@@ -3,11 +3,13 @@
 Built on :class:`~.co_transformer_base.CoTransformerBase` (encoder side,
 mmdet's Deformable DETR stages). What Co-Deformable-DETR adds:
 
-- ``pre_decoder``: mixed selection (spec 4.1);
-- the decoder returns non-detached references (look-forward-twice, spec 4.2)
+- ``pre_decoder``: mixed selection (docs/design.md, query selection);
+- the decoder returns non-detached references (look-forward-twice,
+  docs/design.md, query selection)
   and the layers use fp32 deformable sampling under autocast
   (``co_deformable_detr_layers``);
-- ``forward_aux``: decoding of customised positive queries (spec 3.4).
+- ``forward_aux``: decoding of customised positive queries
+  (docs/design.md, positive queries).
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -35,12 +37,14 @@ class CoDeformableDetrTransformer(CoTransformerBase):
             query head.
         num_feature_levels (int): Encoder levels. Defaults to 4.
         mixed_selection (bool): Content queries from a learnt embedding
-            instead of the proposals (spec 4.1). Defaults to True.
+            instead of the proposals (docs/design.md, query selection).
+            Defaults to True.
         num_co_heads (int): Number of auxiliary heads that supply positive
             coordinates; injected by the detector. Defaults to 0.
         head_pos_embed (str): ``'scalar'`` reproduces the released code: one
             learnt scalar per auxiliary head added to all channels of the
-            positional query (spec 4.4). ``'vector'``: one learnt
+            positional query (docs/design.md, positive queries). ``'vector'``:
+            one learnt
             ``embed_dims`` vector per head (the intended design).
         init_cfg (dict, optional): Initialisation config.
     """
@@ -182,7 +186,8 @@ class CoDeformableDetrTransformer(CoTransformerBase):
         """Decode the customised positive queries of every auxiliary head.
 
         Set k's queries come from its boxes and features through head k's
-        projections (spec 3.4). All sets are decoded in one pass,
+        projections (docs/design.md, positive queries). All sets are decoded in
+        one pass,
         concatenated along the query axis; a block-diagonal self-attention
         mask keeps them apart, so each set is decoded as if alone. The
         memory is the encoder output already computed for the main queries
@@ -212,7 +217,8 @@ class CoDeformableDetrTransformer(CoTransformerBase):
             pos, query = torch.split(pos_trans_out, c, dim=2)
             queries.append(query + self.pos_feats_norm[k]
                            (self.pos_feats_trans[k](feats)))
-            # (1,) or (dim,): broadcast over queries either way (spec 4.4).
+            # (1,) or (dim,): broadcast over queries either way
+            # (docs/design.md, positive queries).
             query_pos.append(pos + self.head_pos_embed.weight[k])
         attn_mask = self.block_diagonal_mask(
             [coords.size(1) for coords in aux_coords], memory.device)

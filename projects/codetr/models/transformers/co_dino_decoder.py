@@ -1,7 +1,7 @@
 """The DINO decoder of Co-DINO (mmdet's, with two changes; see the class).
 
-Its own file: ``tests/test_codino_detach_points.py`` removes the detach of
-the refined boxes by the file that calls it.
+Its own file: ``tests/models/test_codino_detach_points.py`` removes the
+detach of the refined boxes by the file that calls it.
 """
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""The Co-DINO transformer (spec section 9).
+"""The Co-DINO transformer (docs/design.md, query selection).
 
 Built on :class:`~.co_transformer_base.CoTransformerBase` (encoder side,
 mmdet's Deformable DETR stages) with mmdet's DINO decoder. What Co-DINO

@@ -20,9 +20,9 @@ from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ..dtypes import compute_dtype
+from ..precision.dtypes import compute_dtype
+from ..task_modules.level_shapes import host_level_sizes, level_shape_tensors
 from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
-from .level_shapes import host_level_sizes, level_shape_tensors
 from .sine_encoding import CoSinePositionalEncoding, proposal_pos_embed
 
 
@@ -84,7 +84,7 @@ class CoTransformerBase(BaseModule):
 
     def init_weights(self) -> None:
         """Xavier on every matrix, then MSDeformAttn's init, then level
-        embeddings N(0, 1) (spec 1.3)."""
+        embeddings N(0, 1) (docs/design.md, released code)."""
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)

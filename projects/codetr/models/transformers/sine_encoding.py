@@ -23,7 +23,7 @@ import torch
 from mmdet.models.layers import SinePositionalEncoding
 from torch import Tensor
 
-from ..dtypes import compute_dtype
+from ..precision.dtypes import compute_dtype
 
 
 def sine_frequencies(num_feats: int, temperature: float, dtype: torch.dtype,

@@ -4,7 +4,7 @@ The RPN and ATSS heads ask for their anchors and valid flags on every
 training step (the RPN twice: for its loss and for its proposals), and
 mmdet rebuilds them each time: per level a host-to-device copy of the base
 anchors (which blocks the host) and about ten small kernels, some 300
-kernel launches and 15 synchronisations per Co-DETR step (issue 13).
+kernel launches and 15 synchronisations per Co-DETR step.
 
 Here the base anchors are kept on the device they were last used on, so no
 copy is left, and the anchors and valid flags of the most recent level

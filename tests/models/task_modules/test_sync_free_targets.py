@@ -18,7 +18,7 @@ from mmengine.structures import InstanceData
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import projects.codetr  # noqa: F401  (registers the assigner)
-from projects.codetr.models.aux_heads.sync_free_max_iou_assigner import \
+from projects.codetr.models.task_modules.sync_free_max_iou_assigner import \
     SyncFreeMaxIoUAssigner
 
 # ops that wait for the device when run on a GPU

@@ -1,8 +1,9 @@
-"""Detach points of the spec between the encoder memory, the auxiliary
+"""Detach points (docs/design.md, detach points) between the encoder memory,
+the auxiliary
 heads and the decoders.
 
-Each detach point of the spec (2.2, 2.5, 3.1-3.3, 4.2) is asserted with
-autograd: zero gradient where the spec detaches, the expected gradient
+Each detach point listed there is asserted with
+autograd: zero gradient where the method detaches, the expected gradient
 where it does not. The model, the training graph and the gradient helpers
 are in gradient_graph.py; the gradient equalities against per-image
 references in test_gradient_paths.py.
@@ -16,7 +17,8 @@ pytest_plugins = ['gradient_graph']  # fixtures: model, batch, train_graph
 
 
 def test_rpn_proposals_carry_no_gradient_into_roi_head(model, train_graph):
-    """Spec 2.5: the RoI head gets 1000 *detached* proposals. The RoI
+    """docs/design.md, detach points: the RoI head gets 1000 *detached*
+    proposals. The RoI
     losses (whose decoded-box GIoU depends on the proposals) send exactly
     zero gradient into the RPN, while the RPN's own losses do reach it."""
     g = train_graph
@@ -29,7 +31,8 @@ def test_rpn_proposals_carry_no_gradient_into_roi_head(model, train_graph):
 
 
 def test_positive_coords_carry_no_gradient(model, train_graph):
-    """Spec 3.1-3.3: RoI-proposal coordinates and ATSS anchors / FCOS
+    """docs/design.md, positive queries: RoI-proposal coordinates and ATSS
+    anchors / FCOS
     point boxes are detached (the regressed boxes are not used), so the
     customised-query losses of set k send exactly zero gradient into the
     RPN, the RoI head, the dense heads, the main-query-only modules and
@@ -63,7 +66,8 @@ def test_positive_coords_carry_no_gradient(model, train_graph):
 
 
 def test_positive_feats_carry_aux_query_gradient_to_memory(model, train_graph):
-    """Spec 3.1-3.2: ``PositiveCoords.feats`` are not detached. The
+    """docs/design.md, positive queries: ``PositiveCoords.feats`` are not
+    detached. The
     gradient of the customised-query losses into the memory splits by the
     chain rule into the decoder's direct use of the memory plus the path
     through the features: g(feats attached) - g(feats detached) must equal
@@ -106,7 +110,8 @@ def test_positive_feats_carry_aux_query_gradient_to_memory(model, train_graph):
 
 
 def test_mixed_selection_reference_points_are_detached(model, train_graph):
-    """Spec 2.2 / 4.1: the top-k encoder proposals become the decoder's
+    """docs/design.md, detach points and query selection: the top-k encoder
+    proposals become the decoder's
     reference boxes and positional queries *detached*; the content
     queries are ``query_embedding``. The decoder losses therefore send
     exactly zero gradient into the proposal scoring (branch L) and the
@@ -140,7 +145,8 @@ def test_mixed_selection_reference_points_are_detached(model, train_graph):
 
 
 def test_decoder_sampling_reference_is_detached(model, train_graph):
-    """Spec 4.2, second half of look-forward-twice: the refined box of
+    """Second half of look-forward-twice (docs/design.md, query selection): the
+    refined box of
     layer l is fed to layer l+1's sampling *detached*, so layer l+1's
     hidden state has exactly zero gradient in ``reg_branches[l]`` (it
     does depend on layer l's parameters). The first half (the returned

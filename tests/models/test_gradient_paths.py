@@ -6,9 +6,11 @@ encoder memory, mmcv's RoIAlign read them as dense NCHW and pooled the
 wrong positions (image 1 read image 0's memory), and every loss stayed
 finite. The tests here compare numbers with plain references instead:
 features, losses and gradients through ``memory_to_pyramid`` equal those
-of a per-image, index-based pyramid (spec 2.3, 2.5), and the batched
-auxiliary decoding sends the gradient one pass per set sends (spec 3.4).
-The detach points of the spec are in test_detach_points.py; the model,
+of a per-image, index-based pyramid (docs/design.md, data flow and detach
+points), and the batched
+auxiliary decoding sends the gradient one pass per set sends (docs/design.md,
+positive queries).
+The detach points are in test_detach_points.py; the model,
 the training graph and the gradient helpers in gradient_graph.py.
 """
 import math
@@ -66,7 +68,8 @@ def image_levels(memory: Tensor, img: int,
 
 def reference_pyramid(memory: Tensor, sizes: Sequence[Tuple[int, int]],
                       downsample: nn.Module) -> Tuple[Tensor, ...]:
-    """The auxiliary pyramid of spec 2.3 from per-image indexed maps, plus
+    """The auxiliary pyramid docs/design.md, data flow from per-image indexed
+    maps, plus
     the model's own ``downsample`` of the last level."""
     per_image = [image_levels(memory, i, sizes) for i in range(len(memory))]
     levels = [torch.cat(maps) for maps in zip(*per_image)]
@@ -180,7 +183,8 @@ def test_roi_feature_gradient_is_the_derivative_of_the_features(
     """Pyramid and RoIAlign are linear in the memory, so for a linear loss
     L(memory) = <w, features> the autograd gradient g must satisfy
     L(v) = <g, v> for any v. Checked for the pooled maps (RoI head input)
-    and their 7x7 mean (the positive-query features of spec 3.1).
+    and their 7x7 mean (the positive-query features docs/design.md, positive
+    queries).
 
     A failure means the forward pass and the backward pass read different
     positions. This is what the strided pyramid did: mmcv's RoIAlign

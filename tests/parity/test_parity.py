@@ -27,10 +27,13 @@ import torch
 from parity_data import (F32_LOSS_RTOL, F64_DETECTIONS, F64_LOSS_RTOL,
                          QUERY_HEAD_LOSSES, compare, detections_per_class,
                          deterministic_keys, filled_model, golden,
-                         golden_batch, model_dtype, over, relative_differences,
-                         total)
+                         golden_batch, model_dtype, over, record,
+                         relative_differences, total)
 
 from projects.codetr.checkpoint import from_released, to_released
+
+# compares with the golden outputs in float32 and float64
+pytestmark = pytest.mark.slow
 
 TAGS = {1: 'one', 2: 'two'}
 
@@ -117,6 +120,7 @@ def loss_differences(parity, num_images: int, keys=None) -> dict:
 @pytest.mark.parametrize('num_images', [1, 2])
 def test_losses_match_the_released_code_in_float64(parity64, num_images):
     diff = loss_differences(parity64, num_images)
+    record(f'Co-Deformable-DETR, {num_images} image(s), float64', diff)
     assert len(diff) == {1: 26, 2: 14}[num_images]
     far = {k: v for k, v in diff.items() if v > F64_LOSS_RTOL}
     assert not far, f'{len(far)}/{len(diff)} differ (relative): {far}'
@@ -147,6 +151,8 @@ def test_auxiliary_losses_match_the_released_code_in_float32(
     ]
     assert len(keys) == {1: 20, 2: 8}[num_images]
     diff = loss_differences(parity, num_images, keys)
+    record(f'Co-Deformable-DETR, {num_images} image(s), float32, auxiliary',
+           diff)
     far = {k: v for k, v in diff.items() if v > F32_LOSS_RTOL}
     assert not far, f'{len(far)}/{len(diff)} differ (relative): {far}'
 

@@ -10,6 +10,8 @@ from projects.codetr.analysis import convergence as conv  # the driver
 from projects.codetr.analysis import convergence_arms as conv_arms
 from projects.codetr.analysis import convergence_report as report
 
+pytestmark = pytest.mark.slow  # runs the convergence driver on generated data
+
 HEADS = ('rpn_head', 'roi_head', 'bbox_head', 'with_pos_coord')
 
 

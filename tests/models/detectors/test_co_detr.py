@@ -1,4 +1,5 @@
-"""Training and inference of the shrunk Co-Deformable-DETR (spec 2, 5)."""
+"""Training and inference of the shrunk Co-Deformable-DETR (docs/design.md,
+data flow and inference)."""
 import math
 
 import pytest
@@ -16,7 +17,7 @@ def value(loss) -> float:
 
 
 def expected_loss_keys(dec_layers: int = 6) -> set:
-    """Loss keys of spec section 2 for the default RoI + ATSS heads."""
+    """Loss keys docs/design.md, data flow for the default RoI + ATSS heads."""
     keys = set()
     for name in MAIN:
         keys.add(f'loss_{name}')

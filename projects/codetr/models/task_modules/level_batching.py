@@ -4,7 +4,7 @@ mmdet's anchor heads compute their losses level by level (``multi_apply``
 over five levels): five times the kernel launches, and for ATSS five
 ``nonzero`` synchronisations, for what are sums over anchors. Laying the
 levels side by side as one map lets mmdet's own single-level loss run once
-on the whole pyramid, with the same values (issue 13).
+on the whole pyramid, with the same values.
 """
 from typing import Sequence
 

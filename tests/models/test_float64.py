@@ -26,10 +26,10 @@ from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
 from zoo_testing import tiny_zoo_model_cfg
 
-from projects.codetr.models import any_dtype_nms
-from projects.codetr.models.aux_heads.any_dtype import (
+from projects.codetr.models.precision import any_dtype_nms
+from projects.codetr.models.precision.any_dtype_heads import (
     AnyDtypeCrossEntropyLoss, AnyDtypeDeltaXYWHBBoxCoder)
-from projects.codetr.models.aux_heads.cached_anchor_generator import \
+from projects.codetr.models.task_modules.cached_anchor_generator import \
     CachedAnchorGenerator
 from projects.codetr.models.transformers.co_transformer_base import \
     CoTransformerBase

@@ -7,8 +7,8 @@ from mmdet.models.detectors.deformable_detr import DeformableDETR
 from mmdet.models.layers import DeformableDetrTransformerEncoder
 from mmdet.structures import DetDataSample
 
-from projects.codetr.models.transformers import level_shapes
-from projects.codetr.models.transformers.level_shapes import (
+from projects.codetr.models.task_modules import level_shapes
+from projects.codetr.models.task_modules.level_shapes import (
     host_level_sizes, level_shape_tensors)
 
 SHAPES = torch.tensor([[20, 25], [10, 13], [5, 7], [3, 4]])

@@ -30,7 +30,7 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
-from ..dtypes import weights_dtype
+from .dtypes import weights_dtype
 
 
 def any_dtype_binary_cross_entropy(pred: Tensor,

@@ -35,10 +35,13 @@ import torch
 from codino_parity_data import filled_model, golden, golden_batch
 from parity_data import (F32_DETECTIONS, F32_LOSS_RTOL, F64_DETECTIONS,
                          F64_LOSS_RTOL, QUERY_HEAD_LOSSES, compare,
-                         detections_per_class, model_dtype, over,
+                         detections_per_class, model_dtype, over, record,
                          relative_differences, total)
 
 from projects.codetr.checkpoint import from_released
+
+# compares with the golden outputs in float32 and float64
+pytestmark = pytest.mark.slow
 
 TAGS = ('one', 'three')
 # The query head's losses (kept under this name for tests/gpu).
@@ -152,6 +155,7 @@ def test_losses_match_the_released_code_in_float64(parity64, tag):
     assert len(keys) == {'one': 27, 'three': 15}[tag]
     assert set(QUERY_HEAD_LOSSES) <= set(keys)
     diff = relative_differences(ours, gold['losses'], keys)
+    record(f'Co-DINO, {tag}, float64', diff)
     far = {k: v for k, v in diff.items() if v > F64_LOSS_RTOL}
     assert not far, f'{len(far)}/{len(keys)} differ (relative): {far}'
 
@@ -229,6 +233,7 @@ def test_auxiliary_losses_match_the_released_code_in_float32(parity, tag):
     assert len(keys) == {'one': 21, 'three': 9}[tag]
     diff = relative_differences(
         losses_of(parity, tag, seed=0), gold['losses'], keys)
+    record(f'Co-DINO, {tag}, float32, auxiliary', diff)
     far = {k: v for k, v in diff.items() if v > F32_LOSS_RTOL}
     assert not far, f'{len(far)}/{len(keys)} differ (relative): {far}'
 

@@ -1,6 +1,6 @@
 """The batched one-to-one losses equal mmdet's per-layer, per-image ones.
 
-``BatchedMatchingDETRHead`` matches all decoder layers at once (issue 13);
+``BatchedMatchingDETRHead`` matches all decoder layers at once;
 the reference is mmdet's own path of the same head
 (``batched_matching=False``), run on the same transformer outputs of the
 golden parity models and batches: Co-Deformable-DETR (two images,

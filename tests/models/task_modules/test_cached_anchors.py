@@ -8,7 +8,7 @@ import torch
 from codetr_testing import build_model, make_batch, tiny_model_cfg
 from mmdet.models.task_modules.prior_generators import AnchorGenerator
 
-from projects.codetr.models.aux_heads import CachedAnchorGenerator
+from projects.codetr.models.task_modules import CachedAnchorGenerator
 
 RPN = dict(
     octave_base_scale=4,

@@ -19,7 +19,9 @@ ort = pytest.importorskip('onnxruntime')
 
 from codetr_testing import build_model, make_batch, tiny_model_cfg  # noqa
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # exports and runs ONNX graphs
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'deploy', 'export_onnx.py')
 MAX_PER_IMG = 100
 

@@ -1,4 +1,5 @@
-"""Positive coordinates and auxiliary targets (spec 3.1-3.3)."""
+"""Positive coordinates and auxiliary targets (docs/design.md, positive
+queries)."""
 import torch
 from codetr_testing import build_model, make_batch, tiny_model_cfg
 from mmdet.structures.bbox import bbox_xyxy_to_cxcywh

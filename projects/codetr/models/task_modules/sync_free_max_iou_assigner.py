@@ -4,7 +4,7 @@
 masks (``t[mask] = v``: a ``nonzero``, i.e. a host-device synchronisation,
 each) and matches low-quality boxes in a Python loop over the ground-truth
 boxes that reads one comparison per box. For the RPN of Co-DETR's Faster
-R-CNN branch that is 2 + 2 x num_gts waits per image and step (issue 13).
+R-CNN branch that is 2 + 2 x num_gts waits per image and step.
 The same decisions are element-wise selections and one reduction over the
 boxes, computed here without a single read from the device.
 """

@@ -109,8 +109,8 @@ def test_full_model_structure(cfg):
 @pytest.mark.parametrize('config', zoo_configs())
 def test_config_declares_what_training_uses(config):
     """The random-state and load_from hooks and the image loaders are in
-    the config, so tools/train.py adds nothing; the test pipeline keeps mmcv's loader, which
-    mmdet's inference APIs look for by type."""
+    the config, so tools/train.py adds nothing; the test pipeline keeps
+    mmcv's loader, which mmdet's inference APIs look for by type."""
     cfg = load_config(osp.join(REPO_ROOT, config))
     assert [h.type for h in cfg.custom_hooks] == [
         'RNGStateHook', 'LoadFromShapesHook'

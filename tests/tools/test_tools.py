@@ -29,7 +29,9 @@ from projects.codetr.engine.run_config import (RunConfigError,
                                                find_resume_checkpoint,
                                                set_resume)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # runs the tools in subprocesses
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_CONFIG = osp.join(REPO, 'tests', 'configs', 'tiny_co_detr_shapes.py')
 AP_LINE = ('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | '
            'maxDets=100 ] =')

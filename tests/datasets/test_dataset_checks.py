@@ -8,6 +8,7 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
+from codetr_testing import REPO_ROOT
 from mmengine.config import Config
 
 from projects.codetr.datasets.annotation_report import inspect_coco_annotations
@@ -329,7 +330,7 @@ def test_co_detr_train_pipeline_keeps_boxes_valid_and_crowd_ignored(
             (0, 2, [10, 10, 0, 5], {})]  # degenerate: dropped on parsing
     write_coco(tmp_path, images=[('a.jpg', 200, 160)], annotations=anns)
     pipeline = Config.fromfile(
-        osp.join(osp.dirname(osp.dirname(__file__)),
+        osp.join(REPO_ROOT,
                  config)).train_dataloader.dataset.pipeline
     ds = build_dataset(tmp_path, pipeline)
     np.random.seed(0)
@@ -353,7 +354,7 @@ def test_shapes_configs_fit_the_generated_data(name, tmp_path):
         str(tmp_path), dict(train=2, val=2),
         ShapesConfig(seed=0, min_side=64, max_side=96, min_size=16),
         workers=1)
-    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(__file__)),
+    cfg = Config.fromfile(osp.join(REPO_ROOT,
                                    'configs', 'shapes', name))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         meta = cfg[loader].dataset.metainfo
@@ -376,7 +377,7 @@ def test_crowd_box_changes_no_co_detr_loss(tmp_path):
 
     init_default_scope('mmdet')
     cfg = Config.fromfile(
-        osp.join(osp.dirname(__file__), 'configs', 'tiny_co_detr_shapes.py'))
+        osp.join(REPO_ROOT, 'tests', 'configs', 'tiny_co_detr_shapes.py'))
     cfg.train_dataloader.dataset.data_root = f'{tmp_path}/'
     model = build_model(cfg.model).train()
     crowd = (0, 2, [50, 20, 40, 40], dict(iscrowd=1))
