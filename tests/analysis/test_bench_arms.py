@@ -3,6 +3,7 @@ optimizer wrapper is the one tools/train.py builds, and round-robin timing
 runs every arm once per round with the first place rotating."""
 import sys
 
+import pytest
 from codetr_testing import REPO_ROOT, build_model, tiny_model_cfg
 
 from projects.codetr.analysis.bench_arms import (_round_robin,
@@ -46,6 +47,7 @@ def test_round_robin_rotates_the_first_arm():
     assert times[1] == [2.0, 4.0, 9.0]
 
 
+@pytest.mark.slow  # the benchmark command line in a subprocess
 def test_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     """The CLI's whole path (arms, table, stages, profile, JSON) on a tiny
     input: a smoke test, no timing is checked."""
