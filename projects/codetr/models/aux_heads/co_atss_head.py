@@ -28,9 +28,9 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
     :meth:`loss_and_pos_coords`, which returns the losses together with every
     anchor's assigned label and ground-truth box, so the query head can turn
     the positives into customised positive queries. In a float64 model they
-    are computed in float64 (``any_dtype``: anchors, centerness loss; box
-    regression not cast to float32; NMS through ``any_dtype_nms``); float32
-    values are unchanged.
+    are computed in float64 (``any_dtype_heads``: anchors, centerness loss;
+    box regression not cast to float32; NMS through ``any_dtype_nms``);
+    float32 values are unchanged.
 
     The box targets must be absolute boxes, hence ``reg_decoded_bbox=True``
     (as in the released config).

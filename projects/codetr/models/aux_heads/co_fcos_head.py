@@ -31,7 +31,7 @@ class CoFCOSHead(FCOSHead):
 
     In a float64 model the head computes in float64 (mmdet casts the box
     regression to float32, and with it the points and targets; its
-    centerness loss and NMS are float32-only: ``any_dtype``,
+    centerness loss and NMS are float32-only: ``any_dtype_heads``,
     ``any_dtype_nms``); float32 values are unchanged.
     """
 

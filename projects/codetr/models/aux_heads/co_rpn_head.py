@@ -19,8 +19,8 @@ class CoRPNHead(AnyDtypeAnchorsMixin, RPNHead):
     """mmdet's ``RPNHead`` with its losses computed over all levels at once.
 
     Assignment, sampling, proposals and the loss values are mmdet's. In a
-    float64 model they are computed in float64 (``any_dtype``: anchors,
-    regression targets and the classification loss; NMS through
+    float64 model they are computed in float64 (``any_dtype_heads``:
+    anchors, regression targets and the classification loss; NMS through
     ``any_dtype_nms``); float32 values are unchanged.
 
     Args:
