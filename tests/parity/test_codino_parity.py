@@ -10,9 +10,9 @@ float64, against the released code run in float64 (bounds in
 with three; the query head's too) within F64_LOSS_RTOL relative, and the
 detections of every evaluation module (``detr`` with the released soft-NMS,
 ``one-stage``: ATSS, ``two-stage``: RPN + RoI head) within F64_DETECTIONS,
-paired per class by box (the order of tied scores is not compared). Seen,
-with AVX512 kernels on 2 threads and AVX2 kernels on 1: up to 4.8e-15
-relative (``loss_bbox0``), 2.8e-12 px, 1.4e-15 in score.
+paired per class by box (the order of tied scores is not compared). Seen
+with AVX512 and AVX2 kernels on 1 and 2 threads: up to 4.8e-15 relative
+(``loss_bbox0``), 2.8e-12 px, 1.4e-15 in score.
 
 Why float64: in float32 the top-900 query selection has near-ties that
 one-ulp differences between CPU kernels (vector width, thread count) flip,

@@ -8,8 +8,8 @@ image 0; ``two``: both images, the second padded). See
 float64, against the released code run in float64: every seed-independent
 loss (26 with one image, 14 with two) within F64_LOSS_RTOL relative, and the
 100 ``detr`` detections per image within F64_DETECTIONS (paired per class
-by box, so the order of tied scores does not matter). Seen, with AVX512
-kernels on 2 threads and AVX2 kernels on 1: up to 4.5e-15 relative
+by box, so the order of tied scores does not matter). Seen with AVX512
+and AVX2 kernels on 1 and 2 threads: up to 4.8e-15 relative
 (``enc_loss_bbox``), 5.7e-13 px, 1.4e-15 in score. The sine
 encoding reproduces the released operation order, so the padded positions
 of image 1 agree too (``sine_encoding.py``).
