@@ -1,15 +1,18 @@
 """Convert checkpoints between the released Co-DETR code, mmdet 3.x's
-``projects/CO-DETR`` and codetr.
+``projects/CO-DETR``, the official DAB-Deformable-DETR code and codetr.
 
 The authors' code (mmdet 2.x) and codetr name some transformer tensors
 differently (``attentions.0`` / ``self_attn``, ``level_embeds`` /
 ``level_embed``, ...; ``projects/codetr/checkpoint/released_names.py``), and
 Swin backbones differently (original Swin / mmdet's ``SwinTransformer``,
 ``swin_names.py``); mmdet 3.x's port keeps the released transformer names
-with mmdet's Swin (``mmdet3_names.py``). This tool renames every tensor::
+with mmdet's Swin (``mmdet3_names.py``); DAB-Deformable-DETR's official
+code uses plain PyTorch names (``dab_detr_names.py``). This tool renames
+every tensor::
 
     python tools/convert_checkpoint.py IN.pth OUT.pth \
-        [--from released|codetr|mmdet3] [--to codetr|released|mmdet3]
+        [--from released|codetr|mmdet3|dab-detr]
+        [--to codetr|released|mmdet3|dab-detr]
 
 The input is read with ``torch.load(weights_only=True)`` (no code in the file
 runs; mmcv/mmdet objects in its ``meta`` are read as plain data). OUT holds
@@ -36,6 +39,12 @@ examples:
   an mmdet 3.x projects/CO-DETR checkpoint -> codetr:
     python tools/convert_checkpoint.py co_dino_5scale_swin_large_1x.pth \\
       co_dino_5scale_swin_large_1x_codetr.pth --from mmdet3
+  official DAB-Deformable-DETR R50 weights (IDEA-Research/DAB-DETR) -> codetr
+  (a 91-class COCO classifier becomes mmdet's 80 classes):
+    python tools/convert_checkpoint.py dab_deformable_detr_r50.pth \\
+      checkpoints/dab_deformable_detr_r50_codetr.pth
+    python tools/test.py configs/dab_deformable_detr_r50_50e_coco.py \\
+      checkpoints/dab_deformable_detr_r50_codetr.pth
 
 The source layout is taken from the tensor names when --from is not given;
 the target is codetr for released and mmdet3 inputs, released for codetr
@@ -58,11 +67,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--from',
         dest='source',
-        choices=['released', 'codetr', 'mmdet3'],
+        choices=['released', 'codetr', 'mmdet3', 'dab-detr'],
         help='layout of IN (default: detected from its tensor names)')
     parser.add_argument(
         '--to',
-        choices=['codetr', 'released', 'mmdet3'],
+        choices=['codetr', 'released', 'mmdet3', 'dab-detr'],
         help='target layout (default: codetr for a released or mmdet3 IN, '
         'released for a codetr IN)')
     return parser.parse_args()

@@ -21,7 +21,15 @@ default_hooks = dict(
 # LoadFromShapesHook (projects/codetr/engine/load_from_hook.py) says in one
 # log line which tensors `load_from` left initialised because their shapes
 # differ (the class layers, when fine-tuning on another number of classes).
-custom_hooks = [dict(type='RNGStateHook'), dict(type='LoadFromShapesHook')]
+# MatmulTF32Hook (projects/codetr/engine/tf32_hook.py) applies `tf32`: True
+# runs float32 matrix products in TF32 on GPUs from Ampere on (faster, other
+# numerics; docs/performance.md); False keeps PyTorch's full float32.
+tf32 = False
+custom_hooks = [
+    dict(type='RNGStateHook'),
+    dict(type='LoadFromShapesHook'),
+    dict(type='MatmulTF32Hook')
+]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -113,8 +113,9 @@ def test_config_declares_what_training_uses(config):
     mmcv's loader, which mmdet's inference APIs look for by type."""
     cfg = load_config(osp.join(REPO_ROOT, config))
     assert [h.type for h in cfg.custom_hooks] == [
-        'RNGStateHook', 'LoadFromShapesHook'
+        'RNGStateHook', 'LoadFromShapesHook', 'MatmulTF32Hook'
     ]
+    assert cfg.tf32 is False  # full float32 matrix products by default
     cfg.load_from = 'some_checkpoint.pth'  # no hook added for it either
     assert cfg.val_dataloader.dataset.pipeline[0].type == \
         'RobustLoadImageFromFile'

@@ -15,6 +15,11 @@ Example (one GPU)::
 
     python tools/analysis/benchmark.py --models mmdet-ddetr k0 k2 \
         --precisions fp32 amp --stages --profile k2 --out bench.json
+
+mmdet's own Co-DINO, from an mmdetection source checkout, against ours::
+
+    python tools/analysis/benchmark.py --models mmdet-ddetr codino \
+        mmdet-codino --mmdet-source ../mmdetection --precisions fp32 amp
 """
 import argparse
 import sys
@@ -24,6 +29,7 @@ import torch
 try:
     from projects.codetr.analysis.bench_arms import MODELS
     from projects.codetr.analysis.benchmark import run
+    from projects.codetr.analysis.mmdet_source import SOURCE_MODELS
 except ModuleNotFoundError as err:  # the plugin or a dependency is missing
     sys.exit(f'error: {err}. Install the codetr plugin and its dependencies: '
              '`bash tools/install.sh` from the repository root.')
@@ -35,8 +41,10 @@ def parse_args() -> argparse.Namespace:
         '--models',
         nargs='+',
         default=['mmdet-ddetr', 'k0', 'k2'],
-        help=f'names of {sorted(MODELS)} or config paths, each optionally '
-        'with @key=value,... overriding model.key')
+        help=f'names of {sorted(MODELS)} (or of --mmdet-source\'s arms) or '
+        'config paths, each optionally with @key=value,... overriding '
+        'model.key; @tf32=True runs the arm\'s float32 matrix products in '
+        'TF32')
     parser.add_argument(
         '--precisions',
         nargs='+',
@@ -89,6 +97,12 @@ def parse_args() -> argparse.Namespace:
         choices=['config', 'plain'],
         help="'config': each config's optim_wrapper (paramwise learning "
         "rates, grad clip); 'plain': one AdamW group for every model")
+    parser.add_argument(
+        '--mmdet-source',
+        default=None,
+        help='an mmdetection source checkout (v3.3.0) for the arms of its '
+        f'projects/CO-DETR ({sorted(SOURCE_MODELS)}); they run in a child '
+        'process with mmdet-ddetr as the reference arm of both processes')
     parser.add_argument('--out', default=None, help='write results as JSON')
     args = parser.parse_args()
     if not args.device.startswith('cuda') and 'amp' in args.precisions:

@@ -16,11 +16,15 @@ config's ``CocoMetric``; no separate test pass):
            (``with_pos_coord=False``: the heads supervise the encoder only)
     ====== =====================================================
 
-The arms differ only in the model's heads: data, seed (0), schedule, batch
-size and ``--amp`` are the same. Each arm is one ``tools/train.py`` process
-with its own work dir ``WORK/<arm>`` and log ``WORK/<arm>.log``; all start
-at once, assigned round-robin to the visible GPUs (``CUDA_VISIBLE_DEVICES``),
-so several share a GPU; without a GPU they run on the CPU (smoke tests).
+``--arms dino_k0 dino_k2`` compares Co-DINO K=0 and K=2, ``--arms dab_k0
+dab_k2`` DAB-Deformable-DETR K=0 and K=2 (``convergence_arms.py``).
+
+The arms differ only in the model's heads: data, training seed (0, or
+``--seed``), schedule, batch size and ``--amp`` are the same. Each arm is one
+``tools/train.py`` process with its own work dir ``WORK/<arm>`` and log
+``WORK/<arm>.log``; all start at once, assigned round-robin to the visible GPUs
+(``CUDA_VISIBLE_DEVICES``), so several share a GPU; without a GPU they run on
+the CPU (smoke tests).
 
 Usage (``bash tools/analysis/run_convergence.sh`` passes its arguments
 here)::
@@ -80,7 +84,8 @@ from typing import List, Optional, Sequence, Tuple
 
 try:
     from projects.codetr.analysis.convergence import run
-    from projects.codetr.analysis.convergence_arms import ARMS, DEFAULT_ARMS
+    from projects.codetr.analysis.convergence_arms import (ARMS, DEFAULT_ARMS,
+                                                           SEED)
     from projects.codetr.analysis.convergence_report import summarize
 except ModuleNotFoundError as err:  # the plugin or a dependency is missing
     sys.exit(f'error: {err}. Install the codetr plugin and its dependencies: '
@@ -124,6 +129,12 @@ def parse_args(
         default=env('ARMS', ' '.join(DEFAULT_ARMS)).split(),
         help='arms to train (default: the five Co-Deformable-DETR arms; '
         "'dino_k0 dino_k2' for Co-DINO)")
+    parser.add_argument(
+        '--seed',
+        type=int,
+        default=int(env('SEED', SEED)),
+        help='training seed of every arm (%(default)s); the data are '
+        'generated with seed 0 whatever it is')
     parser.add_argument(
         '--amp',
         action='store_true',

@@ -19,12 +19,13 @@ import copy
 import os.path as osp
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config
 
 from . import REPO_ROOT
+from .mmdet_source import SOURCE_MODELS, source_config
 from .synthetic import fake_batch
 
 MMDET_DDETR = 'deformable_detr/' \
@@ -36,6 +37,8 @@ MODELS = {
     'k1-rcnn': 'configs/co_deformable_detr_r50_1x_coco_rcnn.py',
     'k2': 'configs/co_deformable_detr_r50_1x_coco.py',
     'k3': 'configs/co_deformable_detr_r50_1x_coco_k3_fcos.py',
+    'codino-k0': 'configs/co_dino_5scale_r50_1x_coco_k0.py',
+    'codino': 'configs/co_dino_5scale_r50_1x_coco.py',
 }
 PLAIN_OPTIM = dict(
     type='OptimWrapper',
@@ -43,9 +46,12 @@ PLAIN_OPTIM = dict(
     clip_grad=dict(max_norm=0.1, norm_type=2))
 
 
-def config_path(name: str) -> str:
-    """The config file of a name of :data:`MODELS`, else of ``name`` itself
-    (a path relative to the repository or absolute)."""
+def config_path(name: str, mmdet_source: Optional[str] = None) -> str:
+    """The config file of a name of :data:`MODELS` or of
+    :data:`.mmdet_source.SOURCE_MODELS` (inside ``mmdet_source``), else of
+    ``name`` itself (a path relative to the repository or absolute)."""
+    if name in SOURCE_MODELS:
+        return source_config(name, mmdet_source)
     if name in MODELS and MODELS[name] == MMDET_DDETR:
         import mmdet
         return osp.join(
@@ -59,31 +65,61 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def load_config(name: str, num_cp: Optional[int] = None) -> Config:
+def split_overrides(name: str) -> Tuple[str, Dict[str, object]]:
+    """``NAME@key=value[,key=value]`` -> (``NAME``, {key: value}), values
+    parsed as Python literals."""
+    name, _, overrides = name.partition('@')
+    options = {}
+    for item in filter(None, overrides.split(',')):
+        key, _, value = item.partition('=')
+        options[key] = ast.literal_eval(value)
+    return name, options
+
+
+def arm_tf32(name: str, mmdet_source: Optional[str] = None) -> bool:
+    """Whether the arm ``name`` runs its float32 matrix products in TF32:
+    its ``@tf32=True`` override, else its config's ``tf32`` key (see
+    ``projects/codetr/engine/tf32_hook.py``)."""
+    _, options = split_overrides(name)
+    if 'tf32' in options:
+        return bool(options['tf32'])
+    return bool(load_config(name, mmdet_source=mmdet_source).get('tf32'))
+
+
+def load_config(name: str,
+                num_cp: Optional[int] = None,
+                mmdet_source: Optional[str] = None) -> Config:
     """The config of ``name``: ``NAME@key=value[,key=value]`` overrides
     ``model.key`` (values parsed as Python literals), or ``key`` itself
     when it starts with ``optim_wrapper.``; e.g.
     ``k2@query_head.batched_matching=False`` or
-    ``"k2@optim_wrapper.constructor='DefaultOptimWrapperConstructor'"``."""
-    name, _, overrides = name.partition('@')
-    cfg = Config.fromfile(config_path(name), format_python_code=False)
+    ``"k2@optim_wrapper.constructor='DefaultOptimWrapperConstructor'"``.
+    ``tf32=True`` is no config key: it is the arm's (:func:`arm_tf32`)."""
+    name, overrides = split_overrides(name)
+    cfg = Config.fromfile(
+        config_path(name, mmdet_source), format_python_code=False)
     options = {}
-    for item in filter(None, overrides.split(',')):
-        key, _, value = item.partition('=')
+    for key, value in overrides.items():
+        if key == 'tf32':
+            continue
         if not key.startswith('optim_wrapper.'):
             key = f'model.{key}'
-        options[key] = ast.literal_eval(value)
+        options[key] = value
     cfg.merge_from_dict(options)
     cfg.model.backbone.init_cfg = None  # offline: no pretrained download
-    if num_cp is not None and cfg.model.type == 'CoDETR':
+    if num_cp is not None and cfg.model.type == 'CoDETR' and \
+            name not in SOURCE_MODELS:
         cfg.model.query_head.transformer.encoder.num_cp = num_cp
     return cfg
 
 
-def build(name: str, num_cp: Optional[int], device: str) -> torch.nn.Module:
+def build(name: str,
+          num_cp: Optional[int],
+          device: str,
+          mmdet_source: Optional[str] = None) -> torch.nn.Module:
     """The model of ``name`` (see :func:`load_config`), seeded weights."""
     from mmdet.registry import MODELS as REGISTRY
-    cfg = load_config(name, num_cp)
+    cfg = load_config(name, num_cp, mmdet_source)
     torch.manual_seed(0)
     model = REGISTRY.build(cfg.model).to(device)
     model.init_weights()
@@ -131,22 +167,38 @@ def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
     return step
 
 
+def with_tf32(tf32: bool, fn: Callable) -> Callable:
+    """``fn`` run with float32 matmuls in TF32 (``tf32``) or in full float32
+    precision: the setting is process-wide and the arms alternate, so each
+    call sets it for its own arm."""
+    precision = 'high' if tf32 else 'highest'
+
+    def call(*args, **kwargs):
+        torch.set_float32_matmul_precision(precision)
+        return fn(*args, **kwargs)
+
+    return call
+
+
 class Arm:
     """One model in one precision, with its training step."""
 
     def __init__(self, name: str, precision: str, args) -> None:
         self.name, self.precision, self.device = name, precision, args.device
         self.amp = precision == 'amp'
-        cfg = load_config(name, args.num_cp)
-        self.model = build(name, args.num_cp, args.device)
+        source = getattr(args, 'mmdet_source', None)
+        self.tf32 = arm_tf32(name, source)
+        cfg = load_config(name, args.num_cp, source)
+        self.model = build(name, args.num_cp, args.device, source)
         self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
         self.optim_wrapper = build_optim_wrapper(self.model, cfg, self.amp,
                                                  args.optimizer)
         self.num_groups = len(self.optim_wrapper.optimizer.param_groups)
         inputs, samples = fake_batch(self.model, args.batch_size,
                                      args.train_size, args.boxes, True)
-        self.step = make_train_step(self.model, self.optim_wrapper, inputs,
-                                    samples)
+        self.step = with_tf32(
+            self.tf32,
+            make_train_step(self.model, self.optim_wrapper, inputs, samples))
         self.train_ms: List[float] = []
         self.infer_ms: List[float] = []
 
@@ -172,7 +224,7 @@ class Arm:
                     self.device.split(':')[0], dtype=dtype, enabled=self.amp):
                 self.model.predict(inputs, samples)
 
-        return predict
+        return with_tf32(self.tf32, predict)
 
 
 def build_arms(names: List[str], precisions: List[str], args) -> List[Arm]:

@@ -6,10 +6,13 @@ See :mod:`.bench_arms` for how arms are built and timed, and
 """
 import argparse
 import json
+from typing import List
 
 import torch
 
 from .bench_arms import Arm, build_arms, time_arms
+from .mmdet_source import (REFERENCE, cross_ratio, is_source_model,
+                           run_source_arms)
 from .step_profile import format_profile, profile_step, stage_times
 from .synthetic import fake_batch
 
@@ -60,12 +63,37 @@ def print_table(rows: list, base_model: str) -> None:
               f"{x('step_ms', own)} |")
 
 
+def print_cross_ratios(rows: List[dict], source_rows: List[dict]) -> None:
+    """Every arm of this process against every arm of the source process,
+    in the same precision, through the reference arm both timed."""
+    everything = rows + source_rows
+    for theirs in dict.fromkeys(r['model'] for r in source_rows
+                                if r['model'] != REFERENCE):
+        for ours in dict.fromkeys(r['model'] for r in rows):
+            for precision in ('fp32', 'amp'):
+                ratio = cross_ratio(everything, ours, theirs, precision)
+                if ratio is not None:
+                    print(f'{ours} ({precision}) / {theirs} ({precision}), '
+                          f'through {REFERENCE} fp32 of each process: '
+                          f'{ratio:.2f}')
+
+
 def run(args: argparse.Namespace) -> None:
     """Build, warm up and time the arms of ``args.models`` x
     ``args.precisions``; print each row as JSON and the table (and write the
     rows to ``args.out``), then the CUDA-graph check, stage times
     (``args.stages``) and profiles (``args.profile``) of the arms asked for.
+
+    Source arms (:mod:`.mmdet_source`, ``args.mmdet_source``) run first, in
+    a child process, with the reference arm; their rows follow this
+    process's in the JSON, marked ``process='mmdet-source'``.
     """
+    source_rows = []
+    if not getattr(args, 'source_process', False):  # not in the child
+        source_names = [n for n in args.models if is_source_model(n)]
+        if source_names:
+            source_rows = run_source_arms(args, source_names)
+        args.models = [n for n in args.models if not is_source_model(n)]
     from mmdet.utils import register_all_modules
     from mmengine.logging import MMLogger
     register_all_modules()
@@ -82,9 +110,11 @@ def run(args: argparse.Namespace) -> None:
     for row in rows:
         print(json.dumps(row), flush=True)
     print_table(rows, args.models[0])
+    if source_rows:
+        print_cross_ratios(rows, source_rows)
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(rows, f, indent=1)
+            json.dump(rows + source_rows, f, indent=1)
     for arm in arms:
         if getattr(arm.model, 'cuda_graphs', None):
             print(graph_vs_eager(arm, args), flush=True)

@@ -49,10 +49,14 @@ def schedule(base_schedulers: Sequence[dict], base_iters: int,
     return out
 
 
-def derived_config(arm: str, iters: int, val_interval: int,
-                   data_root: str) -> str:
+def derived_config(arm: str,
+                   iters: int,
+                   val_interval: int,
+                   data_root: str,
+                   seed: int = SEED) -> str:
     """Text of the config that trains ``arm`` for ``iters`` iterations,
-    validating and checkpointing every ``val_interval``, on ``data_root``."""
+    validating and checkpointing every ``val_interval``, on ``data_root``,
+    with training seed ``seed``."""
     from mmengine.config import Config
     arm_config = osp.join(REPO, ARMS[arm][1])
     base = Config.fromfile(arm_config, import_custom_modules=False)
@@ -65,7 +69,7 @@ def derived_config(arm: str, iters: int, val_interval: int,
     return f'''\
 # Written by tools/analysis/convergence.py: arm {arm!r} ({ARMS[arm][0]}),
 # {iters} iterations, validation and checkpoint every {val_interval}, LR step
-# at {lr_step_at(iters)}, seed {SEED}. Everything else is the arm's config.
+# at {lr_step_at(iters)}, seed {seed}. Everything else is the arm's config.
 _base_ = {arm_config!r}
 
 max_iters = {iters}
@@ -76,7 +80,7 @@ param_scheduler = [
 default_hooks = dict(
     checkpoint=dict(interval={val_interval}),
     logger=dict(interval={log_interval}))
-randomness = dict(seed={SEED})
+randomness = dict(seed={seed})
 
 data_root = {root!r}
 train_dataloader = dict(dataset=dict(data_root=data_root))
@@ -123,7 +127,8 @@ def start_arm(arm: str, gpu: Optional[str], args: argparse.Namespace,
     config = osp.join(args.work, 'configs', f'{arm}.py')
     write_atomic(
         config,
-        derived_config(arm, args.iters, args.val_interval, args.data_root))
+        derived_config(arm, args.iters, args.val_interval, args.data_root,
+                       args.seed))
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', threads)
     if gpu is not None:
@@ -170,6 +175,7 @@ def run(args: argparse.Namespace, train_args: List[str]) -> bool:
     settings = dict(
         iters=args.iters,
         val_interval=args.val_interval,
+        seed=args.seed,
         amp=args.amp,
         data_root=args.data_root,
         num_train=args.num_train,

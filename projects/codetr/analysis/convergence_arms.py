@@ -8,6 +8,7 @@ from typing import List
 
 _CFG = 'configs/shapes/co_deformable_detr_r18_scratch_shapes'
 _DINO = 'configs/shapes/co_dino_r18_scratch_shapes'
+_DAB = 'configs/shapes/co_dab_deformable_detr_r18_scratch_shapes'
 # name -> (label in tables and plots, config relative to the repository)
 ARMS = {
     'k0': ('K=0', f'{_CFG}_k0.py'),
@@ -18,10 +19,13 @@ ARMS = {
     # Co-DINO (900 queries, denoising, 5 scales): the same data and schedule
     'dino_k0': ('Co-DINO K=0', f'{_DINO}_k0.py'),
     'dino_k2': ('Co-DINO K=2', f'{_DINO}.py'),
+    # DAB-Deformable-DETR (learnt anchor queries): the same data and schedule
+    'dab_k0': ('DAB-Def. K=0', f'{_DAB}_k0.py'),
+    'dab_k2': ('Co-DAB-Def. K=2', f'{_DAB}.py'),
 }
 # what runs when no arm is named: the five Co-Deformable-DETR arms
 DEFAULT_ARMS = ('k0', 'atss', 'rcnn', 'k2', 'nopos')
-SEED = 0
+SEED = 0  # data and training; training seed: --seed
 LR_STEP = (4, 5)  # the configs' milestones=[int(max_iters * 0.8)], exactly
 
 

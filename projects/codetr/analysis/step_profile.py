@@ -32,7 +32,9 @@ WAITS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize',
 
 def stage_methods(model) -> List[Tuple[object, str]]:
     """(object, method name) of each stage of a CoDETR training step."""
-    if type(model).__name__ != 'CoDETR':
+    # mmdet's own CoDETR (projects/CO-DETR) has other stages
+    if type(model).__name__ != 'CoDETR' or not hasattr(
+            model.query_head, 'forward_transformer'):
         return [(model, 'extract_feat')]
     targets = [(model, 'extract_feat'),
                (model.query_head, 'forward_transformer'),

@@ -36,8 +36,10 @@ def fake_batch(model: torch.nn.Module,
     from mmengine.structures import InstanceData
     gen = torch.Generator().manual_seed(seed)
     h, w = size
-    num_classes = getattr(model, 'num_classes', None) or \
-        model.bbox_head.num_classes
+    num_classes = getattr(model, 'num_classes', None)
+    for head in ('bbox_head', 'query_head'):  # mmdet's detectors
+        num_classes = num_classes or getattr(
+            getattr(model, head, None), 'num_classes', None)
     inputs, samples = [], []
     for _ in range(batch_size):
         inputs.append(

@@ -4,7 +4,9 @@
   naming),
 - ``'codetr'``: this project (mmdet 3.x modules; mmdet's Swin),
 - ``'mmdet3'``: mmdet 3.x's ``projects/CO-DETR`` (the released transformer
-  names; mmdet's Swin; the label embedding in the denoising generator).
+  names; mmdet's Swin; the label embedding in the denoising generator),
+- ``'dab-detr'``: the official DAB-Deformable-DETR code
+  (:mod:`.dab_detr_names`), to and from codetr only.
 
 Every conversion goes through the released layout, the one the other two
 were defined against: mmdet3 <-> released is :mod:`.mmdet3_names`,
@@ -17,11 +19,12 @@ from typing import Mapping
 import torch
 
 from . import mmdet3_names
-from .loading import CODETR, LAYOUT_NAMES, MMDET3, RELEASED
-from .released_names import convert_state_dict
+from .dab_detr_names import convert_dab_detr_state_dict, to_dab_detr
+from .loading import CODETR, DAB_DETR, LAYOUT_NAMES, MMDET3, RELEASED
+from .released_names import UnmappedKeysError, convert_state_dict
 from .swin_names import MMDET, ORIGINAL, convert_swin_state_dict, swin_naming
 
-LAYOUTS = (RELEASED, CODETR, MMDET3)
+LAYOUTS = (RELEASED, CODETR, MMDET3, DAB_DETR)
 
 
 def _released_to_codetr(state_dict: Mapping[str, torch.Tensor]):
@@ -44,7 +47,8 @@ def convert_layout(state_dict: Mapping[str, torch.Tensor], source: str,
 
     Args:
         state_dict (Mapping[str, Tensor]): Tensors in the ``source`` layout.
-        source (str): ``'released'``, ``'codetr'`` or ``'mmdet3'``.
+        source (str): ``'released'``, ``'codetr'``, ``'mmdet3'`` or
+            ``'dab-detr'`` (the last to or from ``'codetr'`` only).
         target (str): One of the same, not ``source``.
 
     Returns:
@@ -62,6 +66,8 @@ def convert_layout(state_dict: Mapping[str, torch.Tensor], source: str,
     if source == target:
         raise ValueError(f'the state dict already uses the '
                          f'{LAYOUT_NAMES[target]} names')
+    if DAB_DETR in (source, target):
+        return _convert_dab_detr(state_dict, source, target)
     if source == MMDET3:
         state = mmdet3_names.to_released(state_dict)
     elif source == CODETR:
@@ -72,4 +78,35 @@ def convert_layout(state_dict: Mapping[str, torch.Tensor], source: str,
         return _released_to_codetr(state)
     if target == MMDET3:
         return mmdet3_names.from_released(state)
+    return state
+
+
+def _convert_dab_detr(state_dict: Mapping[str, torch.Tensor], source: str,
+                      target: str) -> 'OrderedDict[str, torch.Tensor]':
+    """official DAB-Deformable-DETR <-> codetr (the only pair it has)."""
+    if CODETR not in (source, target):
+        raise ValueError(
+            f'{LAYOUT_NAMES[DAB_DETR]} checkpoints convert to and from '
+            f'codetr only, not {LAYOUT_NAMES[source]} -> '
+            f'{LAYOUT_NAMES[target]}')
+    if source == DAB_DETR:
+        return convert_dab_detr_state_dict(state_dict)
+    state, unmapped = OrderedDict(), []
+    for key, value in state_dict.items():
+        if key.endswith('num_batches_tracked'):
+            continue  # FrozenBatchNorm2d has no counter
+        try:
+            name = to_dab_detr(key)
+        except UnmappedKeysError:
+            unmapped.append(key)
+            continue
+        state[name] = value
+        if name.startswith('bbox_embed.'):  # the decoder's reference
+            state['transformer.decoder.' + name] = value
+    if unmapped:
+        raise UnmappedKeysError(
+            f'{len(unmapped)} key(s) have no DAB-Deformable-DETR counterpart '
+            '(auxiliary heads and positive-query projections of Co-DETR, or '
+            'another query family): ' + ', '.join(unmapped[:10]) +
+            (' ...' if len(unmapped) > 10 else ''))
     return state

@@ -37,6 +37,7 @@ import torch
 
 # Registers numpy and mmengine HistoryBuffer globals for weights_only loads.
 from ..utils import compat  # noqa: F401
+from .dab_detr_names import has_dab_detr_markers
 from .mmdet3_names import has_mmdet3_markers
 from .released_names import UnmappedKeysError, from_released, to_released
 from .swin_names import MMDET as MMDET_SWIN
@@ -45,19 +46,25 @@ from .swin_names import swin_naming
 RELEASED = 'released'
 CODETR = 'codetr'
 MMDET3 = 'mmdet3'
+DAB_DETR = 'dab-detr'
 UNKNOWN = 'unknown'
 LAYOUT_NAMES = {
     RELEASED: 'released Co-DETR (mmdet 2.x)',
     CODETR: 'codetr (mmdet 3.x)',
     MMDET3: 'mmdet 3.x projects/CO-DETR',
+    DAB_DETR: 'official DAB-Deformable-DETR (IDEA-Research/DAB-DETR)',
 }
 
 # Packages whose classes may appear in a checkpoint's metadata and are read
 # as plain data. Only top-level package names: a checkpoint cannot choose a
 # real function of these packages, every name below them gets the stand-in.
 STAND_IN_PACKAGES = ('mmcv', 'mmdet', 'mmengine')
-# The entry of a saved checkpoint that holds the weights.
-_WEIGHTS_KEY = 'state_dict'
+# Single classes read as plain data too: the training arguments that
+# DETR-style checkpoints (DAB-DETR's) store under 'args'.
+STAND_IN_CLASSES = ('argparse.Namespace', )
+# The entry of a saved checkpoint that holds the weights: mmengine's, and
+# DETR-style code's (DAB-DETR).
+_WEIGHTS_KEYS = ('state_dict', 'model')
 # mmengine's load_checkpoint strips the same prefix (its revise_keys).
 _DDP_PREFIX = re.compile(r'^module\.')
 CONVERTER = 'tools/convert_checkpoint.py'
@@ -100,7 +107,8 @@ class LoadedWeights:
 
     Attributes:
         state_dict: Tensors by name, ``module.`` prefix removed.
-        layout: ``'released'``, ``'codetr'`` or ``'unknown'``.
+        layout: ``'released'``, ``'codetr'``, ``'mmdet3'``, ``'dab-detr'``
+            or ``'unknown'``.
         dropped: Top-level entries of the file other than the weights
             (e.g. ``['meta', 'optimizer']``).
         stand_ins: Globals read through the inert stand-in.
@@ -114,7 +122,8 @@ class LoadedWeights:
 
 
 def _stand_in_allowed(name: str) -> bool:
-    return name.split('.', 1)[0] in STAND_IN_PACKAGES
+    return name.split('.', 1)[0] in STAND_IN_PACKAGES or \
+        name in STAND_IN_CLASSES
 
 
 def _untrusted_globals(path: str) -> List[str]:
@@ -185,9 +194,10 @@ def _split_weights(obj, path: str):
             f'{path} holds a {type(obj).__name__}, not a checkpoint dict: '
             f'expected {{"state_dict": {{name: tensor}}, ...}} or a bare '
             f'{{name: tensor}} state dict.')
-    if _WEIGHTS_KEY in obj:
-        weights = obj[_WEIGHTS_KEY]
-        dropped = [str(k) for k in obj if k != _WEIGHTS_KEY]
+    weights_key = next((k for k in _WEIGHTS_KEYS if k in obj), None)
+    if weights_key is not None:
+        weights = obj[weights_key]
+        dropped = [str(k) for k in obj if k != weights_key]
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         weights, dropped = obj, []
     else:
@@ -252,16 +262,20 @@ def detect_layout(state_dict: Iterable[str]) -> str:
             ignored).
 
     Returns:
-        str: ``'codetr'`` if some key is named codetr's way and none the
-        released code's; ``'mmdet3'`` (mmdet 3.x ``projects/CO-DETR``) if no
-        key is codetr's and some key is one only mmdet 3.x writes (the
-        denoising generator's label embedding), or the transformer has the
-        released names and the backbone is mmdet's Swin; ``'released'`` for
-        the other checkpoints with released names only; else ``'unknown'``
-        (no Co-DETR transformer keys, or namings mixed). Keys of no Co-DETR
-        module do not decide; the conversion names them.
+        str: ``'dab-detr'`` if the keys are an official DAB-Deformable-DETR
+        model's (query embeddings or decoder at the top level); ``'codetr'``
+        if some key is named codetr's way and none the released code's;
+        ``'mmdet3'`` (mmdet 3.x ``projects/CO-DETR``) if no key is codetr's
+        and some key is one only mmdet 3.x writes (the denoising generator's
+        label embedding), or the transformer has the released names and the
+        backbone is mmdet's Swin; ``'released'`` for the other checkpoints
+        with released names only; else ``'unknown'`` (no Co-DETR transformer
+        keys, or namings mixed). Keys of no Co-DETR module do not decide;
+        the conversion names them.
     """
     keys = [_DDP_PREFIX.sub('', k) for k in state_dict]
+    if has_dab_detr_markers(keys):
+        return DAB_DETR
     mmdet3 = has_mmdet3_markers(keys)
     # The marker keys may also be codetr names (its Co-DINO head can hold
     # mmdet's denoising generator): they must not count as codetr's here.
@@ -340,14 +354,18 @@ def check_load_from(load_from: Optional[str]) -> None:
         raise
     except CheckpointError:
         return  # not a state dict codetr recognises; mmengine reports it
-    if loaded.layout not in (RELEASED, MMDET3):
+    if loaded.layout not in (RELEASED, MMDET3, DAB_DETR):
         return
     examples = classify_keys(loaded.state_dict)[RELEASED] or [
-        k for k in loaded.state_dict if has_mmdet3_markers([k])
+        k for k in loaded.state_dict
+        if has_mmdet3_markers([k]) or has_dab_detr_markers([k])
     ]
-    origin = ('the released Co-DETR code (mmdet 2.x parameter names'
-              if loaded.layout == RELEASED else
-              'mmdet 3.x projects/CO-DETR (its parameter names')
+    origin = {
+        RELEASED: 'the released Co-DETR code (mmdet 2.x parameter names',
+        MMDET3: 'mmdet 3.x projects/CO-DETR (its parameter names',
+        DAB_DETR: 'the official DAB-Deformable-DETR code (its parameter '
+        'names'
+    }[loaded.layout]
     raise ReleasedCheckpointError(
         f'{load_from} is a checkpoint of {origin}, e.g. `{examples[0]}`). '
         f'Loaded as it is, the transformer would keep random weights. '

@@ -134,7 +134,8 @@ def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
     it leaves initialised) and ``RobustLoadImageFromFile`` in their training
     and validation pipelines (``_base_/coco_detection.py``: an unreadable
     image is skipped in training and named in validation); for them this
-    does nothing. A config of one's own that lacks them (say, an mmdet
+    does nothing. A config of one's own that lacks them (or sets
+    ``tf32=True`` without ``MatmulTF32Hook``) (say, an mmdet
     config, or ``custom_hooks`` set without the hooks) gets them added, each
     addition with a line in ``log`` that names the declaration to copy.
     """
@@ -148,6 +149,11 @@ def add_missing_safeguards(cfg, log: Callable[[str], None] = print) -> None:
         log('The config has no LoadFromShapesHook in custom_hooks: added, so '
             'that the log names the tensors load_from leaves initialised '
             "(declare dict(type='LoadFromShapesHook') in custom_hooks as "
+            'configs/_base_/default_runtime.py does).')
+    if cfg.get('tf32') and add_custom_hook(cfg, 'MatmulTF32Hook'):
+        log('The config sets tf32=True but has no MatmulTF32Hook in '
+            'custom_hooks: added, so that float32 matrix products run in '
+            "TF32 (declare dict(type='MatmulTF32Hook') in custom_hooks as "
             'configs/_base_/default_runtime.py does).')
     loaders = ('train_dataloader', 'val_dataloader')
     swapped = use_robust_image_loading(cfg, loaders)

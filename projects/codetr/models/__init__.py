@@ -12,7 +12,8 @@ The folders follow the method:
 - ``transformers/``: :class:`CoDeformableDetrTransformer` (encoder, mixed
   selection, look-forward-twice decoder, auxiliary decoding),
   :class:`CoDinoTransformer` (top-k selection, denoising, DINO decoder),
-  their common base and layers.
+  :class:`CoDABDeformableDetrTransformer` (learnt anchor queries whose
+  positional queries the decoder generates), their common base and layers.
 - ``aux_heads/``: :class:`CoATSSHead`, :class:`CoFCOSHead`,
   :class:`CoStandardRoIHead`, the one-to-many heads.
 - ``task_modules/``: speed-ups that compute what the mmdet parts they
@@ -30,7 +31,8 @@ from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 from .precision import AnyDtypeCrossEntropyLoss, AnyDtypeDeltaXYWHBBoxCoder
 from .query_heads import CoDeformDETRHead, CoDINOHead, CoQueryHeadMixin
 from .task_modules import CachedAnchorGenerator, SyncFreeMaxIoUAssigner
-from .transformers import (CoDeformableDetrTransformer,
+from .transformers import (CoDABDeformableDetrTransformer,
+                           CoDeformableDetrTransformer,
                            CoDeformableDetrTransformerDecoder,
                            CoDeformableDetrTransformerEncoder,
                            CoDinoTransformer, CoDinoTransformerDecoder,
@@ -44,5 +46,5 @@ __all__ = [
     'CoDINOHead', 'CoQueryHeadMixin', 'CoDinoTransformer',
     'CoDinoTransformerDecoder', 'CoTransformerBase', 'CachedAnchorGenerator',
     'SyncFreeMaxIoUAssigner', 'AnyDtypeCrossEntropyLoss',
-    'AnyDtypeDeltaXYWHBBoxCoder'
+    'AnyDtypeDeltaXYWHBBoxCoder', 'CoDABDeformableDetrTransformer'
 ]

@@ -1,7 +1,9 @@
 """The query head of Co-Deformable-DETR."""
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+import torch
 from mmdet.models.dense_heads import DeformableDETRHead
+from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
@@ -14,8 +16,8 @@ from .co_query_head_mixin import CoQueryHeadMixin
 @MODELS.register_module()
 class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
                        BatchedMatchingDETRHead):
-    """Two-stage Deformable DETR head with box refinement, mixed selection,
-    look-forward-twice and customised positive queries.
+    """Deformable DETR head with box refinement and customised positive
+    queries, for any Deformable-DETR-style transformer.
 
     Compared with mmdet's ``DeformableDETRHead`` this head owns the
     transformer (so auxiliary decoding can reuse it), the content queries of
@@ -26,8 +28,17 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
     and post-processing are mmdet's, the losses of all decoder layers
     matched and reduced at once (:class:`BatchedMatchingDETRHead`).
 
+    The transformer decides the query family: a two-stage one
+    (``CoDeformableDetrTransformer``: Co-Deformable-DETR) gets the branch
+    that scores the encoder proposals, the encoder loss and the content
+    queries of mixed selection; one with learnt queries
+    (``CoDABDeformableDetrTransformer``: DAB-Deformable-DETR) gets neither.
+    The inverse-sigmoid ``eps`` of the box refinement is the transformer's
+    too.
+
     Args:
-        transformer (dict): Config of ``CoDeformableDetrTransformer``.
+        transformer (dict): Config of ``CoDeformableDetrTransformer`` or
+            ``CoDABDeformableDetrTransformer``.
         positional_encoding (dict, optional): Config of the sine positional
             encoding; defaults to ``num_feats=128, normalize=True,
             offset=-0.5`` (docs/design.md, released code).
@@ -62,6 +73,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
                              'remove them from the query_head config.')
         transformer = dict(transformer)
         num_dec_layers = transformer['decoder']['num_layers']
+        two_stage = transformer_class(transformer).as_two_stage
         self._init_co_attrs(num_query, max_pos_coords, lambda_1,
                             with_aux_pyramid)
         if positional_encoding is None:
@@ -71,13 +83,13 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             transformer,
             positional_encoding=positional_encoding,
             num_queries=num_query)
-        # Branches 0..L-1 predict per decoder layer, branch L scores the
-        # encoder proposals; box refinement needs them unshared.
+        # Branches 0..L-1 predict per decoder layer, branch L (two-stage)
+        # scores the encoder proposals; box refinement needs them unshared.
         super().__init__(
             *args,
             share_pred_layer=False,
-            num_pred_layer=num_dec_layers + 1,
-            as_two_stage=True,
+            num_pred_layer=num_dec_layers + int(two_stage),
+            as_two_stage=two_stage,
             **kwargs)
 
     def _init_layers(self) -> None:
@@ -88,7 +100,9 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         if dims != self.embed_dims:
             raise ValueError(f'query_head.embed_dims ({self.embed_dims}) must '
                              f'equal the transformer width ({dims})')
-        self.query_embedding = nn.Embedding(self.num_query, dims)
+        self.ref_eps = self.transformer.ref_eps
+        if self.as_two_stage:  # content queries of mixed selection
+            self.query_embedding = nn.Embedding(self.num_query, dims)
         self._init_aux_pyramid()
 
     def init_weights(self) -> None:
@@ -108,9 +122,11 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             and ``enc_outputs_coord``.
         """
         enc = self.encode(mlvl_feats, batch_data_samples)
+        query_embedding = getattr(self, 'query_embedding', None)
         decoder_inputs, enc_outputs = self.transformer.pre_decoder(
             enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
-            self.cls_branches, self.reg_branches, self.query_embedding.weight)
+            self.cls_branches, self.reg_branches,
+            None if query_embedding is None else query_embedding.weight)
         hidden_states, references = self.transformer.forward_decoder(
             **decoder_inputs, **enc, reg_branches=self.reg_branches)
         return dict(
@@ -118,3 +134,44 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             hidden_states=hidden_states,
             references=references,
             **enc_outputs)
+
+    def forward(self, hidden_states: Tensor,
+                references: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class logits and boxes of every decoder layer.
+
+        mmdet's ``DeformableDETRHead.forward`` with the inverse sigmoid's
+        ``eps`` of the transformer (mmdet: always 1e-5; DAB-DETR: 1e-3).
+
+        Args:
+            hidden_states (Tensor): (num_layers, bs, num_queries, dim).
+            references (list[Tensor]): ``num_layers + 1`` reference boxes,
+                each (bs, num_queries, 4) normalised (cx, cy, w, h); the
+                last is not used.
+
+        Returns:
+            tuple[Tensor, Tensor]: (num_layers, bs, num_queries,
+            cls_out_channels) logits and (num_layers, bs, num_queries, 4)
+            normalised (cx, cy, w, h) boxes.
+        """
+        classes, coords = [], []
+        for layer_id, hidden_state in enumerate(hidden_states):
+            reference = inverse_sigmoid(
+                references[layer_id], eps=self.ref_eps)
+            classes.append(self.cls_branches[layer_id](hidden_state))
+            coords.append((self.reg_branches[layer_id](hidden_state) +
+                           reference).sigmoid())
+        return torch.stack(classes), torch.stack(coords)
+
+
+def transformer_class(cfg: dict) -> type:
+    """The class a transformer config builds (its ``type``: a registered
+    name or the class)."""
+    transformer_type = cfg['type']
+    if isinstance(transformer_type, str):
+        found = MODELS.get(transformer_type)
+        if found is None:
+            raise KeyError(f'{transformer_type!r} is not a registered '
+                           'transformer; is the codetr plugin imported '
+                           '(custom_imports)?')
+        return found
+    return transformer_type

@@ -144,11 +144,14 @@ class CoQueryHeadMixin:
         solver rejects the cost matrix (MD#11416). Losses and matching
         therefore see fp32 predictions.
         """
+        # no encoder outputs without query selection (DAB-Deformable-DETR)
+        enc_cls_scores, enc_bbox_preds = (
+            None if t is None else at_least_float32(t)
+            for t in (enc_cls_scores, enc_bbox_preds))
         return super().loss_by_feat(
             at_least_float32(all_layers_cls_scores),
-            at_least_float32(all_layers_bbox_preds),
-            at_least_float32(enc_cls_scores), at_least_float32(enc_bbox_preds),
-            *args, **kwargs)
+            at_least_float32(all_layers_bbox_preds), enc_cls_scores,
+            enc_bbox_preds, *args, **kwargs)
 
     def _get_targets_single(self, cls_score: Tensor, bbox_pred: Tensor,
                             gt_instances: InstanceData,

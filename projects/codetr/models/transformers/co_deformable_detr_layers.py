@@ -208,10 +208,16 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
     refines that reference) also trains layer ``l``. The reference fed to the
     next layer's sampling stays detached, as in Deformable DETR.
 
+    Subclasses change how each layer's positional queries are made
+    (:meth:`layer_query_pos`) and the refinement's ``ref_eps``.
+
     Args:
         look_forward_twice (bool): Return non-detached references.
             Defaults to True.
     """
+
+    #: ``eps`` of the inverse sigmoid in the box refinement (mmdet's).
+    ref_eps: float = 1e-5
 
     def __init__(self,
                  *args,
@@ -225,9 +231,26 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
             self, 'Deformable DETR decoders have no post norm')
         self.embed_dims = self.layers[0].embed_dims
 
+    def layer_query_pos(self, query_pos: Optional[Tensor], anchors: Tensor,
+                        content: Tensor, layer_id: int) -> Tensor:
+        """The positional queries of one layer: the given ones, unchanged.
+
+        Args:
+            query_pos (Tensor, optional): The decoder's ``query_pos``,
+                (bs, num_queries, dim).
+            anchors (Tensor): The layer's reference boxes times the valid
+                ratios, (bs, num_queries, num_levels, 4).
+            content (Tensor): Content queries entering the layer,
+                (bs, num_queries, dim).
+            layer_id (int): Index of the layer.
+
+        Returns:
+            Tensor: (bs, num_queries, dim).
+        """
+        return query_pos
+
     def forward(self,
                 query: Tensor,
-                query_pos: Tensor,
                 value: Tensor,
                 key_padding_mask: Optional[Tensor],
                 reference_points: Tensor,
@@ -235,12 +258,12 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
                 level_start_index: Tensor,
                 valid_ratios: Tensor,
                 reg_branches: Optional[nn.ModuleList] = None,
+                query_pos: Optional[Tensor] = None,
                 **kwargs) -> Tuple[Tensor, Tensor]:
         """Run all layers with box refinement.
 
         Args:
             query (Tensor): Content queries, (bs, num_queries, dim).
-            query_pos (Tensor): Positional queries, (bs, num_queries, dim).
             value (Tensor): Encoder memory, (bs, num_value, dim).
             key_padding_mask (Tensor, optional): Padding mask of the memory,
                 (bs, num_value), True on padding.
@@ -251,6 +274,8 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
             valid_ratios (Tensor): (bs, num_levels, 2).
             reg_branches (nn.ModuleList, optional): Per-layer regression
                 branches used for refinement; no refinement when None.
+            query_pos (Tensor, optional): Positional queries, (bs,
+                num_queries, dim), as :meth:`layer_query_pos` uses them.
             **kwargs: Passed to every layer (e.g. ``self_attn_mask``).
 
         Returns:
@@ -260,27 +285,29 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
             num_queries, 4), normalised (cx, cy, w, h).
         """
         if reference_points.shape[-1] != 4:
-            raise ValueError('Co-Deformable-DETR decodes 4-d reference boxes '
-                             '(two-stage); got reference points of shape '
+            raise ValueError(f'{type(self).__name__} decodes 4-d reference '
+                             'boxes; got reference points of shape '
                              f'{tuple(reference_points.shape)}')
         output = query
         intermediate, intermediate_refs = [], []
         scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
         for layer_id, layer in enumerate(self.layers):
+            anchors = reference_points[:, :, None] * scale
             output = layer(
                 output,
-                query_pos=query_pos,
+                query_pos=self.layer_query_pos(query_pos, anchors, output,
+                                               layer_id),
                 value=value,
                 key_padding_mask=key_padding_mask,
                 spatial_shapes=spatial_shapes,
                 level_start_index=level_start_index,
                 valid_ratios=valid_ratios,
-                reference_points=reference_points[:, :, None] * scale,
+                reference_points=anchors,
                 **kwargs)
             returned_ref = reference_points
             if reg_branches is not None:
-                new_ref = (reg_branches[layer_id](output) +
-                           inverse_sigmoid(reference_points)).sigmoid()
+                new_ref = (reg_branches[layer_id](output) + inverse_sigmoid(
+                    reference_points, eps=self.ref_eps)).sigmoid()
                 reference_points = new_ref.detach()
                 returned_ref = new_ref if self.look_forward_twice \
                     else reference_points

@@ -8,10 +8,10 @@ mmdet's Deformable DETR stages). What Co-Deformable-DETR adds:
   docs/design.md, query selection)
   and the layers use fp32 deformable sampling under autocast
   (``co_deformable_detr_layers``);
-- ``forward_aux``: decoding of customised positive queries
-  (docs/design.md, positive queries).
+- ``aux_query_set``: the customised positive queries (docs/design.md,
+  positive queries), decoded by the base's ``forward_aux``.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
@@ -145,91 +145,30 @@ class CoDeformableDetrTransformer(CoTransformerBase):
             enc_outputs_coord=enc_outputs_coord_unact.sigmoid())
         return decoder_inputs, enc_outputs
 
-    def forward_decoder(self, query: Tensor, query_pos: Tensor,
-                        reference_points: Tensor, memory: Tensor,
-                        memory_mask: Optional[Tensor], spatial_shapes: Tensor,
-                        level_start_index: Tensor, valid_ratios: Tensor,
-                        reg_branches: nn.ModuleList,
-                        **kwargs) -> Tuple[Tensor, list]:
-        """Decode with box refinement.
-
-        Returns:
-            tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
-            num_queries, dim) and ``[initial reference, *per-layer
-            references]``, each (bs, num_queries, 4): the layout mmdet's
-            ``DeformableDETRHead.forward`` expects.
-        """
-        hidden_states, inter_refs = self.decoder(
-            query=query,
-            query_pos=query_pos,
-            value=memory,
-            key_padding_mask=memory_mask,
-            reference_points=reference_points,
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
-            reg_branches=reg_branches,
-            **kwargs)
-        return hidden_states, [reference_points, *inter_refs]
-
-    def forward_aux(
-            self,
-            aux_coords: Sequence[Tensor],
-            aux_feats: Sequence[Tensor],
-            memory: Tensor,
-            memory_mask: Optional[Tensor],
-            spatial_shapes: Tensor,
-            level_start_index: Tensor,
-            valid_ratios: Tensor,
-            reg_branches: nn.ModuleList,
-            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
-        """Decode the customised positive queries of every auxiliary head.
-
-        Set k's queries come from its boxes and features through head k's
-        projections (docs/design.md, positive queries). All sets are decoded in
-        one pass,
-        concatenated along the query axis; a block-diagonal self-attention
-        mask keeps them apart, so each set is decoded as if alone. The
-        memory is the encoder output already computed for the main queries
-        (re-flattening the pyramid gives the same tensor), and the main
-        queries are not part of this pass.
+    def aux_query_set(self, head_id: int, coords: Tensor,
+                      feats: Tensor) -> Dict[str, Tensor]:
+        """Head ``head_id``'s positive queries (docs/design.md, positive
+        queries): the sine embedding of the boxes through the head's
+        projection gives the positional query and a content part, to which
+        the projected features are added; the head's learnt embedding is
+        added to the positional query.
 
         Args:
-            aux_coords (Sequence[Tensor]): Per set k, normalised
-                (cx, cy, w, h) boxes, (bs, N_k, 4).
-            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim).
-            memory ... valid_ratios: As in :meth:`forward_decoder`.
-            reg_branches (nn.ModuleList): Per-layer regression branches.
-            head_ids (Sequence[int], optional): The auxiliary head of each
-                set (selects its projections); defaults to 0, 1, ...
+            head_id (int): The auxiliary head.
+            coords (Tensor): (bs, N, 4) normalised (cx, cy, w, h).
+            feats (Tensor): (bs, N, dim).
 
         Returns:
-            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
-            sum(N_k) queries in the order of the sets.
+            dict[str, Tensor]: ``query`` and ``query_pos``, (bs, N, dim).
         """
-        c = memory.size(-1)
-        queries, query_pos = [], []
-        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
-        for k, coords, feats in zip(head_ids, aux_coords, aux_feats):
-            pos_trans_out = self.aux_pos_trans_norm[k](
-                self.aux_pos_trans[k](self.get_proposal_pos_embed(
-                    inverse_sigmoid(coords), num_pos_feats=c // 2)))
-            pos, query = torch.split(pos_trans_out, c, dim=2)
-            queries.append(query + self.pos_feats_norm[k]
-                           (self.pos_feats_trans[k](feats)))
-            # (1,) or (dim,): broadcast over queries either way
-            # (docs/design.md, positive queries).
-            query_pos.append(pos + self.head_pos_embed.weight[k])
-        attn_mask = self.block_diagonal_mask(
-            [coords.size(1) for coords in aux_coords], memory.device)
-        return self.forward_decoder(
-            torch.cat(queries, dim=1),
-            torch.cat(query_pos, dim=1),
-            torch.cat(list(aux_coords), dim=1),
-            memory,
-            memory_mask,
-            spatial_shapes,
-            level_start_index,
-            valid_ratios,
-            reg_branches,
-            self_attn_mask=attn_mask)
+        c = feats.size(-1)
+        pos_trans_out = self.aux_pos_trans_norm[head_id](
+            self.aux_pos_trans[head_id](self.get_proposal_pos_embed(
+                inverse_sigmoid(coords), num_pos_feats=c // 2)))
+        pos, query = torch.split(pos_trans_out, c, dim=2)
+        query = query + self.pos_feats_norm[head_id](
+            self.pos_feats_trans[head_id](feats))
+        # (1,) or (dim,): broadcast over queries either way
+        # (docs/design.md, positive queries).
+        return dict(
+            query=query, query_pos=pos + self.head_pos_embed.weight[head_id])

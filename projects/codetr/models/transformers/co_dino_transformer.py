@@ -15,7 +15,7 @@ changes with respect to Co-Deformable-DETR:
   no feature term and no head embedding (the decoder derives the
   positional query from the reference box).
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
@@ -178,56 +178,21 @@ class CoDinoTransformer(CoTransformerBase):
             **kwargs)
         return hidden_states, list(references)
 
-    def forward_aux(
-            self,
-            aux_coords: Sequence[Tensor],
-            aux_feats: Sequence[Tensor],
-            memory: Tensor,
-            memory_mask: Optional[Tensor],
-            spatial_shapes: Tensor,
-            level_start_index: Tensor,
-            valid_ratios: Tensor,
-            reg_branches: nn.ModuleList,
-            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
-        """Decode the customised positive queries of every auxiliary head.
-
-        Set k's content queries are LN_k(Linear_k(PE(box))) with PE the
-        512-d sine embedding of the box (mmdet's ``get_proposal_pos_embed``);
-        the released Co-DINO uses no feature term (``with_coord_feat=False``),
-        so ``aux_feats`` is ignored. All sets are decoded in one pass with a
-        block-diagonal self-attention mask, which computes what one pass per
-        set computes; the main and denoising queries are not part of it.
+    def aux_query_set(self, head_id: int, coords: Tensor,
+                      feats: Tensor) -> Dict[str, Tensor]:
+        """Head ``head_id``'s positive queries: content LN_k(Linear_k(PE(box)))
+        with PE the 512-d sine embedding of the box (mmdet's
+        ``get_proposal_pos_embed``). The released Co-DINO uses no feature
+        term (``with_coord_feat=False``), so ``feats`` only gives the width.
 
         Args:
-            aux_coords (Sequence[Tensor]): Per set k, normalised
-                (cx, cy, w, h) boxes, (bs, N_k, 4).
-            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim);
-                unused.
-            memory ... valid_ratios: As in :meth:`forward_decoder`.
-            reg_branches (nn.ModuleList): Per-layer regression branches.
-            head_ids (Sequence[int], optional): The auxiliary head of each
-                set (selects its projection); defaults to 0, 1, ...
+            head_id (int): The auxiliary head.
+            coords (Tensor): (bs, N, 4) normalised (cx, cy, w, h).
+            feats (Tensor): (bs, N, dim); unused but for its width.
 
         Returns:
-            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
-            sum(N_k) queries in the order of the sets.
+            dict[str, Tensor]: ``query``, (bs, N, dim).
         """
-        c = memory.size(-1)
-        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
-        queries = [
-            self.aux_pos_trans_norm[k](self.aux_pos_trans[k](
-                self.get_proposal_pos_embed(
-                    inverse_sigmoid(coords), num_pos_feats=c // 2)))
-            for k, coords in zip(head_ids, aux_coords)
-        ]
-        return self.forward_decoder(
-            torch.cat(queries, dim=1),
-            torch.cat(list(aux_coords), dim=1),
-            memory,
-            memory_mask,
-            spatial_shapes,
-            level_start_index,
-            valid_ratios,
-            reg_branches,
-            self_attn_mask=self.block_diagonal_mask(
-                [coords.size(1) for coords in aux_coords], memory.device))
+        return dict(query=self.aux_pos_trans_norm[head_id](
+            self.aux_pos_trans[head_id](self.get_proposal_pos_embed(
+                inverse_sigmoid(coords), num_pos_feats=feats.size(-1) // 2))))

@@ -48,6 +48,14 @@ class CoTransformerBase(BaseModule):
 
     #: Decoder class, built from the ``decoder`` config.
     decoder_type: Type[nn.Module]
+    #: Queries selected from the encoder's proposals (two-stage; scored by
+    #: the head's extra branch) rather than learnt. Read by the query head,
+    #: which adds the proposal branch and the encoder loss, and by mmdet's
+    #: reused stages.
+    as_two_stage: bool = True
+    #: ``eps`` of the inverse sigmoid applied to a reference box before a
+    #: regression offset is added (1e-5 in Deformable DETR and mmdet).
+    ref_eps: float = 1e-5
 
     # Reused verbatim from mmdet's Deformable DETR: it only runs
     # ``encoder``, which this module owns.
@@ -67,7 +75,6 @@ class CoTransformerBase(BaseModule):
         self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
         self.num_co_heads = num_co_heads
-        self.as_two_stage = True  # read by the reused mmdet stages
 
         self.positional_encoding = CoSinePositionalEncoding(
             **positional_encoding)
@@ -79,8 +86,9 @@ class CoTransformerBase(BaseModule):
                              f'embed_dims ({dims}), got '
                              f'{self.positional_encoding.num_feats}')
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, dims))
-        self.memory_trans_fc = nn.Linear(dims, dims)
-        self.memory_trans_norm = nn.LayerNorm(dims)
+        if self.as_two_stage:  # the encoder proposals' projection
+            self.memory_trans_fc = nn.Linear(dims, dims)
+            self.memory_trans_norm = nn.LayerNorm(dims)
 
     def init_weights(self) -> None:
         """Xavier on every matrix, then MSDeformAttn's init, then level
@@ -313,7 +321,20 @@ class CoTransformerBase(BaseModule):
                         spatial_shapes: Tensor, level_start_index: Tensor,
                         valid_ratios: Tensor, reg_branches: nn.ModuleList,
                         **kwargs) -> Tuple[Tensor, list]:
-        """Decode with box refinement (implemented by subclasses).
+        """Decode with box refinement.
+
+        Args:
+            query (Tensor): Content queries, (bs, num_queries, dim).
+            reference_points (Tensor): Initial boxes, normalised
+                (cx, cy, w, h), (bs, num_queries, 4).
+            memory (Tensor): Encoder output, (bs, num_feat_points, dim).
+            memory_mask (Tensor, optional): (bs, num_feat_points), True on
+                padding.
+            spatial_shapes, level_start_index, valid_ratios (Tensor): The
+                memory's layout, as :meth:`pre_transformer` gives it.
+            reg_branches (nn.ModuleList): Per-layer regression branches.
+            **kwargs: Passed to the decoder (``query_pos``,
+                ``self_attn_mask``).
 
         Returns:
             tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
@@ -322,7 +343,90 @@ class CoTransformerBase(BaseModule):
             (cx, cy, w, h): the layout of mmdet's
             ``DeformableDETRHead.forward``.
         """
+        hidden_states, inter_refs = self.decoder(
+            query=query,
+            value=memory,
+            key_padding_mask=memory_mask,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reg_branches=reg_branches,
+            **kwargs)
+        return hidden_states, [reference_points, *inter_refs]
+
+    def aux_query_set(self, head_id: int, coords: Tensor,
+                      feats: Tensor) -> Dict[str, Tensor]:
+        """The decoder inputs of one auxiliary head's positive queries
+        (implemented by subclasses; docs/design.md, positive queries).
+
+        Args:
+            head_id (int): The auxiliary head (selects its projections).
+            coords (Tensor): Its positive boxes, (bs, N, 4) normalised
+                (cx, cy, w, h): the queries' reference boxes.
+            feats (Tensor): Their features, (bs, N, dim).
+
+        Returns:
+            dict[str, Tensor]: ``query`` (bs, N, dim) and, for decoders that
+            take them, ``query_pos`` (bs, N, dim).
+        """
         raise NotImplementedError
+
+    def forward_aux(
+            self,
+            aux_coords: Sequence[Tensor],
+            aux_feats: Sequence[Tensor],
+            memory: Tensor,
+            memory_mask: Optional[Tensor],
+            spatial_shapes: Tensor,
+            level_start_index: Tensor,
+            valid_ratios: Tensor,
+            reg_branches: nn.ModuleList,
+            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
+        """Decode the customised positive queries of every auxiliary head.
+
+        Set k's queries come from its boxes (and features) through head k's
+        projections (:meth:`aux_query_set`); its boxes are the reference
+        boxes. All sets are decoded in one pass, concatenated along the
+        query axis; a block-diagonal self-attention mask keeps them apart,
+        so each set is decoded as if alone (deformable cross-attention and
+        the FFNs act per query). The memory is the encoder output already
+        computed for the main queries, and the main queries are not part of
+        this pass.
+
+        Args:
+            aux_coords (Sequence[Tensor]): Per set k, normalised
+                (cx, cy, w, h) boxes, (bs, N_k, 4).
+            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim).
+            memory ... valid_ratios: As in :meth:`forward_decoder`.
+            reg_branches (nn.ModuleList): Per-layer regression branches.
+            head_ids (Sequence[int], optional): The auxiliary head of each
+                set; defaults to 0, 1, ...
+
+        Returns:
+            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
+            sum(N_k) queries in the order of the sets.
+        """
+        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
+        sets = [
+            self.aux_query_set(k, coords, feats)
+            for k, coords, feats in zip(head_ids, aux_coords, aux_feats)
+        ]
+        inputs = {
+            name: torch.cat([s[name] for s in sets], dim=1)
+            for name in sets[0]
+        }
+        return self.forward_decoder(
+            reference_points=torch.cat(list(aux_coords), dim=1),
+            memory=memory,
+            memory_mask=memory_mask,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reg_branches=reg_branches,
+            self_attn_mask=self.block_diagonal_mask(
+                [coords.size(1) for coords in aux_coords], memory.device),
+            **inputs)
 
     @staticmethod
     def block_diagonal_mask(set_sizes, device) -> Optional[Tensor]:
