@@ -16,7 +16,6 @@ mmdet's Deformable DETR stages). What DAB-Deformable-DETR changes
 from typing import Dict, Tuple
 
 from mmdet.registry import MODELS
-from mmdet.utils import ConfigType, OptMultiConfig
 from torch import Tensor, nn
 
 from .co_transformer_base import CoTransformerBase
@@ -45,32 +44,18 @@ class CoDABDeformableDetrTransformer(CoTransformerBase):
     as_two_stage = False
     ref_eps = 1e-3  # DAB-DETR's inverse sigmoid
 
-    def __init__(self,
-                 encoder: ConfigType,
-                 decoder: ConfigType,
-                 positional_encoding: ConfigType,
-                 num_queries: int = 300,
-                 num_feature_levels: int = 4,
-                 num_co_heads: int = 0,
-                 init_cfg: OptMultiConfig = None) -> None:
-        super().__init__(
-            encoder,
-            decoder,
-            positional_encoding,
-            num_queries=num_queries,
-            num_feature_levels=num_feature_levels,
-            num_co_heads=num_co_heads,
-            init_cfg=init_cfg)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         dims = self.embed_dims
         # content and anchor of each query; N(0, 1) as nn.Embedding
         # initialises them (DAB-DETR's code keeps that init)
-        self.tgt_embed = nn.Embedding(num_queries, dims)
-        self.refpoint_embed = nn.Embedding(num_queries, 4)
+        self.tgt_embed = nn.Embedding(self.num_queries, dims)
+        self.refpoint_embed = nn.Embedding(self.num_queries, 4)
         # Customised positive queries: one content projection per head.
         self.pos_feats_trans = nn.ModuleList(
-            nn.Linear(dims, dims) for _ in range(num_co_heads))
+            nn.Linear(dims, dims) for _ in range(self.num_co_heads))
         self.pos_feats_norm = nn.ModuleList(
-            nn.LayerNorm(dims) for _ in range(num_co_heads))
+            nn.LayerNorm(dims) for _ in range(self.num_co_heads))
 
     def init_weights(self) -> None:
         """The base's init (Xavier on matrices, deformable attention,

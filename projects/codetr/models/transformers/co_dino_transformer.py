@@ -138,45 +138,19 @@ class CoDinoTransformer(CoTransformerBase):
             enc_outputs_class=topk_score, enc_outputs_coord=topk_coords)
         return decoder_inputs, enc_outputs
 
-    def forward_decoder(self,
-                        query: Tensor,
-                        reference_points: Tensor,
-                        memory: Tensor,
-                        memory_mask: Optional[Tensor],
-                        spatial_shapes: Tensor,
-                        level_start_index: Tensor,
-                        valid_ratios: Tensor,
-                        reg_branches: nn.ModuleList,
-                        self_attn_mask: Optional[Tensor] = None,
-                        **kwargs) -> Tuple[Tensor, list]:
-        """Decode with box refinement.
-
-        Args:
-            query (Tensor): Content queries, (bs, num_queries, dim).
-            reference_points (Tensor): Initial boxes, normalised
-                (cx, cy, w, h), (bs, num_queries, 4).
-            memory ... valid_ratios: Encoder memory and its layout.
-            reg_branches (nn.ModuleList): Per-layer regression branches.
-            self_attn_mask (Tensor, optional): (num_queries, num_queries)
-                bool, True where attention is blocked.
+    def forward_decoder(self, *args, **kwargs) -> Tuple[Tensor, list]:
+        """Decode with box refinement (:meth:`CoTransformerBase.
+        forward_decoder`'s arguments; ``self_attn_mask`` (num_queries,
+        num_queries) bool, True where attention is blocked).
 
         Returns:
             tuple[Tensor, list[Tensor]]: Hidden states (num_layers, bs,
             num_queries, dim) after the shared norm, and ``[initial
-            reference, *per-layer references]``, each (bs, num_queries, 4).
+            reference, *per-layer references]``, each (bs, num_queries, 4):
+            the DINO decoder returns the initial reference itself.
         """
-        hidden_states, references = self.decoder(
-            query=query,
-            value=memory,
-            key_padding_mask=memory_mask,
-            self_attn_mask=self_attn_mask,
-            reference_points=reference_points,
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
-            reg_branches=reg_branches,
-            **kwargs)
-        return hidden_states, list(references)
+        hidden_states, references = super().forward_decoder(*args, **kwargs)
+        return hidden_states, references[1:]
 
     def aux_query_set(self, head_id: int, coords: Tensor,
                       feats: Tensor) -> Dict[str, Tensor]:
