@@ -24,5 +24,10 @@ model = dict(
                 post_norm_cfg=None,
                 layer_cfg=_base_.model.query_head.transformer.decoder
                 .layer_cfg)),
-        # DAB-DETR's loss weights: classification x1 (matching cost x2)
-        loss_cls=dict(loss_weight=1.0)))
+        # DAB-DETR's loss weights: classification x1 (matching cost x2);
+        # its GIoU (normalised boxes, +1e-6 to union and enclosing area) and
+        # its division by the number of boxes itself (mmdet adds eps)
+        loss_cls=dict(loss_weight=1.0),
+        loss_iou=dict(_delete_=True, type='NormalizedGIoULoss',
+                      loss_weight=2.0),
+        avg_factor_eps=0.0))

@@ -2,7 +2,8 @@
 in fp32, fp16 (autocast) and from CUDA graphs; mmdet's ``DetInferencer``.
 
 Families: Co-Deformable-DETR with K=0, 2 and 3 auxiliary heads, Co-DINO
-(K=2) and a Swin backbone, each shrunk by ``tests/zoo_testing.py`` (only
+(K=2), DAB-Deformable-DETR (K=0 and K=2) and a Swin backbone, each shrunk
+by ``tests/zoo_testing.py`` (only
 sizes change). Training: TRAIN_STEPS steps of the config's optimizer
 under mmengine's ``AmpOptimWrapper`` on one fixed batch; every loss stays
 finite and the loss comes down. Inference is compared with the eager fp32
@@ -43,6 +44,8 @@ FAMILIES = {
     'k3': 'configs/co_deformable_detr_r50_1x_coco_k3_fcos.py',
     'codino': 'configs/co_dino_5scale_r50_1x_coco.py',
     'swin': 'configs/co_deformable_detr_swin_tiny_1x_coco.py',
+    'dab_k0': 'configs/dab_deformable_detr_r50_50e_coco.py',
+    'dab_k2': 'configs/co_dab_deformable_detr_r50_1x_coco.py',
 }
 NUM_CLASSES = 3
 # 40 queries x 3 classes >= the 100 detections the test configs keep

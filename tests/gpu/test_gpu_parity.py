@@ -1,7 +1,7 @@
-"""Parity with the released Co-DETR code on a GPU: mmcv's CUDA kernels
-(multi-scale deformable attention, RoIAlign, NMS, sigmoid focal loss) give
-the released code's golden losses and detections (float32 golden data,
-``tests/data/parity/``).
+"""Parity with the released Co-DETR code (and the official
+DAB-Deformable-DETR code) on a GPU: mmcv's CUDA kernels (multi-scale
+deformable attention, RoIAlign, NMS, sigmoid focal loss) give the golden
+losses and detections (float32 golden data, ``tests/data/parity/``).
 
 Bounds, with the values measured on an H200 (docs/testing.md). TF32 is
 off (``torch.backends.cudnn.allow_tf32 = False``; torch's matrix products
@@ -31,6 +31,8 @@ ties:
   reproducibility (``BATCH_NOISE``: 0.2 px, 1e-3, 8 detections replaced;
   measured 0.1 px, 3.7e-4, 7), its RPN + RoI and ATSS heads within
   AUX_BOUND (measured 1.1e-3 px, 4e-7, none replaced).
+- DAB-Deformable-DETR (no query selection): losses within GPU_RTOL,
+  detections within EXACT.
 - With torch's default TF32 convolutions (10-bit mantissa) the losses move
   further; recorded, so that the run shows by how much, not bounded.
 """
@@ -216,3 +218,44 @@ def test_codino_detections_match_the_released_code(codino, tag,
     record(f'parity Co-DINO {tag} {eval_module}: detections', **worst,
            bound=str(bound))
     assert all(worst[k] <= bound[k] for k in bound), (worst, bound)
+
+
+# DAB-Deformable-DETR --------------------------------------------------------
+@pytest.fixture(scope='module')
+def dab():
+    import dab_parity_data
+    return dab_parity_data.dab_parity_model().cuda(), \
+        dab_parity_data.dab_golden()
+
+
+@pytest.mark.parametrize('num_images,tag', [(1, 'one'), (2, 'two')])
+def test_dab_matches_the_official_code(dab, num_images, tag):
+    """The official DAB-Deformable-DETR's float32 golden losses within
+    GPU_RTOL and its detections (clamped to the image, as mmdet clamps)
+    within EXACT: no query selection, so no top-k cut amplifies the CUDA
+    kernels' summation order."""
+    import dab_parity_data
+    model, gold = dab
+    inputs, samples = on_gpu(*parity_data.golden_batch(num_images))
+    expected = dab_parity_data.weighted_losses(gold[tag]['losses'],
+                                               gold['weight_dict'])
+    model.train()
+    try:
+        with tf32(False), torch.no_grad():
+            parts = model.loss(inputs, samples)
+        ours = {k: float(v) for k, v in parts.items()}
+    finally:
+        model.eval()
+    diff = relative(ours, expected, sorted(expected))
+    record(f'parity DAB-Deformable-DETR {tag}: losses, max relative',
+           value=max(diff.values()), bound=GPU_RTOL)
+    assert all(v <= GPU_RTOL for v in diff.values()), diff
+    with tf32(False):
+        ours = per_class(model, inputs, samples)
+    for image, (mine, gold_classes) in enumerate(zip(ours, gold[tag]['pred'])):
+        height, width = samples[image].img_shape
+        worst = parity_data.compare(
+            mine, dab_parity_data.clamp_to_image(gold_classes, height, width))
+        record(f'parity DAB-Deformable-DETR {tag} image {image}: '
+               'detections', **worst, bound=str(EXACT))
+        assert all(worst[k] <= EXACT[k] for k in EXACT), worst

@@ -21,12 +21,15 @@ The folders follow the method:
   batching, level shapes).
 - ``precision/``: dtype rules (float32 under autocast, float64 for
   ``model.double()``) and float64 paths of float32-only mmdet/mmcv parts.
+- ``losses/``: losses that reproduce a DETR codebase's arithmetic where
+  mmdet's differs (:class:`NormalizedGIoULoss`).
 - ``positive_coords.py``: the interface between the two kinds of head:
   what an auxiliary head hands over (:class:`PositiveCoords`) and the
   targets a query head builds from it.
 """
 from .aux_heads import CoATSSHead, CoFCOSHead, CoStandardRoIHead
 from .detectors import CoDETR
+from .losses import NormalizedGIoULoss
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 from .precision import AnyDtypeCrossEntropyLoss, AnyDtypeDeltaXYWHBBoxCoder
 from .query_heads import CoDeformDETRHead, CoDINOHead, CoQueryHeadMixin
@@ -46,5 +49,6 @@ __all__ = [
     'CoDINOHead', 'CoQueryHeadMixin', 'CoDinoTransformer',
     'CoDinoTransformerDecoder', 'CoTransformerBase', 'CachedAnchorGenerator',
     'SyncFreeMaxIoUAssigner', 'AnyDtypeCrossEntropyLoss',
-    'AnyDtypeDeltaXYWHBBoxCoder', 'CoDABDeformableDetrTransformer'
+    'AnyDtypeDeltaXYWHBBoxCoder', 'CoDABDeformableDetrTransformer',
+    'NormalizedGIoULoss'
 ]

@@ -53,12 +53,33 @@ class BatchedMatchingDETRHead(DETRHead):
             per-layer, per-image one (for comparison). The batched path
             also needs a ``HungarianAssigner``; with another assigner mmdet's
             path is used. Defaults to True.
+        avg_factor_eps (float): Added to each average factor before the
+            division, as mmdet's ``weight_reduce_loss`` does (its float32
+            ``eps``, the default, which the released Co-DETR shares);
+            DETR-style code divides by the factor itself (0,
+            DAB-Deformable-DETR).
         *args, **kwargs: ``DETRHead`` arguments.
     """
 
-    def __init__(self, *args, batched_matching: bool = True, **kwargs) -> None:
+    def __init__(self,
+                 *args,
+                 batched_matching: bool = True,
+                 avg_factor_eps: float = float(torch.finfo(torch.float32).eps),
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batched_matching = batched_matching
+        self.avg_factor_eps = avg_factor_eps
+        if self.normalized_iou_boxes and not batched_matching:
+            raise ValueError(
+                f'{type(self.loss_iou).__name__} takes normalised boxes, '
+                'which only the batched loss path passes: use '
+                'batched_matching=True, or mmdet\'s GIoULoss')
+
+    @property
+    def normalized_iou_boxes(self) -> bool:
+        """Whether ``loss_iou`` takes boxes normalised by the image size
+        (``NormalizedGIoULoss``) rather than pixel boxes."""
+        return getattr(self.loss_iou, 'normalized_boxes', False)
 
     @property
     def _batched(self) -> bool:
@@ -168,6 +189,8 @@ class BatchedMatchingDETRHead(DETRHead):
             reduction_override='none')
         factors = factors.to(flat_preds.dtype)[None, :, None].expand(
             num_layers, bs, num_queries, 4).reshape(-1, 4)
+        if self.normalized_iou_boxes:
+            factors = factors.new_ones(())
         loss_iou = self.loss_iou(
             bbox_cxcywh_to_xyxy(flat_preds) * factors,
             bbox_cxcywh_to_xyxy(bbox_targets) * factors,
@@ -212,19 +235,19 @@ class BatchedMatchingDETRHead(DETRHead):
         return like.new_tensor([[w, h, w, h] for h, w in (
             meta['img_shape'][:2] for meta in batch_img_metas)])
 
-    @staticmethod
-    def _per_layer(loss: Tensor, avg_factors: np.ndarray,
+    def _per_layer(self, loss: Tensor, avg_factors: np.ndarray,
                    num_layers: int) -> Tensor:
         """Sum an element-wise loss per layer and divide by its factor.
 
         mmdet's ``weight_reduce_loss`` computes ``loss.sum() / (avg_factor +
-        eps)``; each layer's elements are one contiguous block of ``loss``,
-        summed alone as mmdet sums them. mmdet's L1/GIoU losses return a
-        scalar 0 when no weight is positive (then no layer has a positive).
+        eps)`` (``avg_factor_eps`` here); each layer's elements are one
+        contiguous block of ``loss``, summed alone as mmdet sums them.
+        mmdet's L1/GIoU losses return a scalar 0 when no weight is positive
+        (then no layer has a positive).
         """
         if loss.dim() == 0:
             return loss.expand(num_layers)
-        eps = torch.finfo(torch.float32).eps
+        eps = self.avg_factor_eps
         blocks = loss.reshape(num_layers, -1)
         return torch.stack([
             blocks[layer].sum() / (float(avg_factors[layer]) + eps)

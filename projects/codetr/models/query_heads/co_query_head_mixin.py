@@ -247,6 +247,8 @@ class CoQueryHeadMixin:
         bbox_targets, bbox_weights = cat('bbox_targets'), cat('bbox_weights')
         img_hw = all_bbox_preds.new_tensor(
             [meta['img_shape'][:2] for meta in batch_img_metas])
+        if self.normalized_iou_boxes:  # NormalizedGIoULoss
+            img_hw = torch.ones_like(img_hw)
         factors = img_hw[:, None, [1, 0, 1, 0]].expand(-1, num_queries, -1)
         # fp32 under autocast; element-wise losses, summed per layer and set
         cls_scores = at_least_float32(all_cls_scores).reshape(-1, num_classes)
@@ -275,7 +277,7 @@ class CoQueryHeadMixin:
             loss.expand(bbox_preds.size(0)) if loss.dim() == 0 else loss
             for loss in (loss_bbox, loss_iou))
 
-        eps = torch.finfo(torch.float32).eps  # as mmdet's weight_reduce_loss
+        eps = self.avg_factor_eps  # as mmdet's weight_reduce_loss
         losses = dict()
         for name, loss in (('cls', loss_cls), ('bbox', loss_bbox), ('iou',
                                                                     loss_iou)):
