@@ -1,9 +1,11 @@
-"""ONNX export of Co-Deformable-DETR (tools/deploy/export_onnx.py).
+"""ONNX export of Co-Deformable-DETR and DAB-Deformable-DETR
+(tools/deploy/export_onnx.py).
 
-A shrunk model is exported once with ``--dynamic`` by the tool, run as a
-user would (subprocess), at batch 2 and 96x128; ONNX Runtime must then give
-``CoDETR.predict(rescale=False)``'s detections on image sizes and a padded
-batch the export never saw. CPU only.
+A shrunk model of each is exported once with ``--dynamic`` by the tool,
+run as a user would (subprocess), at batch 2 and 96x128; ONNX Runtime must
+then give ``CoDETR.predict(rescale=False)``'s detections on image sizes and
+a padded batch the export never saw. The tool's errors are checked on
+Co-Deformable-DETR. CPU only.
 """
 import importlib.util
 import os.path as osp
@@ -33,12 +35,12 @@ def load_tool():
     return module
 
 
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    """(model, config path, checkpoint path, onnx path)."""
+def export(tmp, config_name):
+    """(model, config path, checkpoint path, onnx path) of the shrunk
+    ``configs/<config_name>`` exported by the tool."""
     from mmengine.config import Config
-    tmp = tmp_path_factory.mktemp('onnx')
-    model_cfg = tiny_model_cfg(num_query=50)  # 50 x 3 classes >= top-100
+    model_cfg = tiny_model_cfg(  # 50 x 3 classes >= top-100
+        osp.join(REPO, 'configs', config_name), num_query=50)
     model = build_model(model_cfg)
     config = str(tmp / 'tiny.py')
     Config(dict(model=model_cfg,
@@ -55,8 +57,26 @@ def exported(tmp_path_factory):
     return model, config, checkpoint, out
 
 
-def test_graph_is_valid_dynamic_and_has_no_custom_op(exported):
-    path = exported[3]
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """Co-Deformable-DETR (K=2, the auxiliary heads not exported)."""
+    return export(tmp_path_factory.mktemp('onnx'),
+                  'co_deformable_detr_r50_1x_coco.py')
+
+
+@pytest.fixture(scope='module')
+def exported_dab(tmp_path_factory):
+    """DAB-Deformable-DETR (learnt anchor queries, no query selection)."""
+    return export(tmp_path_factory.mktemp('onnx_dab'),
+                  'dab_deformable_detr_r50_50e_coco.py')
+
+
+FAMILIES = ['exported', 'exported_dab']
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_graph_is_valid_dynamic_and_has_no_custom_op(family, request):
+    path = request.getfixturevalue(family)[3]
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     domains = {n.domain for n in graph.graph.node}
@@ -79,9 +99,10 @@ def test_graph_is_valid_dynamic_and_has_no_custom_op(exported):
     ((120, 100), ),
     ((112, 144), (72, 90)),  # padded batch, sizes differ
 ])
-def test_onnxruntime_matches_pytorch(exported, image_sizes):
-    model = exported[0]
-    session = ort.InferenceSession(exported[3],
+@pytest.mark.parametrize('family', FAMILIES)
+def test_onnxruntime_matches_pytorch(family, image_sizes, request):
+    model, _, _, onnx_path = request.getfixturevalue(family)
+    session = ort.InferenceSession(onnx_path,
                                    providers=['CPUExecutionProvider'])
     inputs, samples = make_batch(model, image_sizes, training=False, seed=5)
     sizes = np.array([s.img_shape for s in samples], dtype=np.int64)

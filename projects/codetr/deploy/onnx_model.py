@@ -152,9 +152,12 @@ class CoDETROnnxModel(nn.Module):
         encoder_inputs, enc = self.pre_transformer(feats, batch_hw,
                                                    img_sizes)
         memory = transformer.forward_encoder(**encoder_inputs)['memory']
+        # mixed-selection content queries (two-stage transformers only)
+        query_embedding = getattr(head, 'query_embedding', None)
         decoder_inputs, _ = transformer.pre_decoder(
             memory, enc['memory_mask'], enc['spatial_shapes'],
-            head.cls_branches, head.reg_branches, head.query_embedding.weight)
+            head.cls_branches, head.reg_branches,
+            None if query_embedding is None else query_embedding.weight)
         hidden_states, refs = transformer.forward_decoder(
             **decoder_inputs,
             memory=memory,
@@ -165,7 +168,7 @@ class CoDETROnnxModel(nn.Module):
         last = hidden_states[-1]
         logits = head.cls_branches[layer](last)  # (bs, num_query, C)
         coords = (head.reg_branches[layer](last) +
-                  inverse_sigmoid(refs[layer])).sigmoid()
+                  inverse_sigmoid(refs[layer], eps=head.ref_eps)).sigmoid()
         return self.postprocess(logits, coords, img_sizes)
 
     def postprocess(self, logits: Tensor, coords: Tensor,
