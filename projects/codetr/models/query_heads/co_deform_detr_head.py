@@ -69,8 +69,9 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
         if set_by_user:
-            raise ValueError(f'{set_by_user} are derived from the decoder; '
-                             'remove them from the query_head config.')
+            raise ValueError(f'{set_by_user} are derived from the '
+                             'transformer; remove them from the query_head '
+                             'config.')
         transformer = dict(transformer)
         num_dec_layers = transformer['decoder']['num_layers']
         two_stage = transformer_class(transformer).as_two_stage

@@ -42,7 +42,6 @@ class CoDABDeformableDetrTransformer(CoTransformerBase):
 
     decoder_type = DABDeformableDetrTransformerDecoder
     as_two_stage = False
-    ref_eps = 1e-3  # DAB-DETR's inverse sigmoid
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -53,9 +53,6 @@ class CoTransformerBase(BaseModule):
     #: which adds the proposal branch and the encoder loss, and by mmdet's
     #: reused stages.
     as_two_stage: bool = True
-    #: ``eps`` of the inverse sigmoid applied to a reference box before a
-    #: regression offset is added (1e-5 in Deformable DETR and mmdet).
-    ref_eps: float = 1e-5
 
     # Reused verbatim from mmdet's Deformable DETR: it only runs
     # ``encoder``, which this module owns.
@@ -89,6 +86,13 @@ class CoTransformerBase(BaseModule):
         if self.as_two_stage:  # the encoder proposals' projection
             self.memory_trans_fc = nn.Linear(dims, dims)
             self.memory_trans_norm = nn.LayerNorm(dims)
+
+    @property
+    def ref_eps(self) -> float:
+        """``eps`` of the inverse sigmoid applied to a reference box
+        before a regression offset is added: the decoder's (1e-5, mmdet's,
+        where it sets none; DAB-DETR's 1e-3). The query head uses it too."""
+        return getattr(self.decoder, 'ref_eps', 1e-5)
 
     def init_weights(self) -> None:
         """Xavier on every matrix, then MSDeformAttn's init, then level
