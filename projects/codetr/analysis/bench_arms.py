@@ -228,7 +228,8 @@ class Arm:
 
 
 def build_arms(names: List[str], precisions: List[str], args) -> List[Arm]:
-    """Build every arm and warm it up, measuring its own peak memory."""
+    """Build every arm and warm it up, measuring its own peak memory; an
+    arm that fails is left out, with a line that says why."""
     cuda = args.device.startswith('cuda')
     arms = []
     for name in names:
@@ -237,9 +238,14 @@ def build_arms(names: List[str], precisions: List[str], args) -> List[Arm]:
             before = torch.cuda.memory_allocated() if cuda else 0
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            arm = Arm(name, precision, args)
-            for _ in range(args.warmup):
-                arm.timed_step()
+            try:  # one failing arm (e.g. no AMP support) spares the others
+                arm = Arm(name, precision, args)
+                for _ in range(args.warmup):
+                    arm.timed_step()
+            except Exception as exc:
+                print(f'{name} ({precision}) failed, left out: '
+                      f'{type(exc).__name__}: {exc}'[:400], flush=True)
+                continue
             arm.peak_gib = (torch.cuda.max_memory_allocated() -
                             before) / 2**30 if cuda else 0.0
             print(f'built {name} ({precision}): {arm.params_m:.1f} M '

@@ -97,9 +97,11 @@ def run_source_arms(args: argparse.Namespace,
             init=osp.join(ANALYSIS_DIR, '__init__.py'), path=ANALYSIS_DIR)
         print(f'--- source arms in a child process: {child["models"]}',
               flush=True)
-        subprocess.run([sys.executable, '-c', code,
-                        json.dumps(child)],
-                       check=True)
+        proc = subprocess.run([sys.executable, '-c', code, json.dumps(child)])
+        if proc.returncode != 0 or not osp.exists(child['out']):
+            print(f'the child process failed (exit {proc.returncode}): no '
+                  'source rows', flush=True)
+            return []
         with open(child['out']) as f:
             rows = json.load(f)
     for row in rows:

@@ -112,3 +112,23 @@ def test_non_finite_predictions_are_matched_as_zeros(head_outputs):
     for a, b in zip(got[:4], want[:4]):
         assert torch.equal(a, b)
     np.testing.assert_array_equal(got[4], want[4])
+
+
+def test_denoising_targets_built_once_for_all_layers(head_outputs,
+                                                     monkeypatch):
+    """Co-DINO's denoising losses take the batched path (their values are
+    compared with mmdet's per-layer ones above): one target build instead
+    of one per decoder layer."""
+    head, outs, samples = head_outputs
+    if outs.get('dn_meta') is None:
+        pytest.skip('no denoising queries in this family')
+    calls = []
+    build = head.get_dn_targets
+    monkeypatch.setattr(head, 'get_dn_targets',
+                        lambda *a, **k: calls.append(1) or build(*a, **k))
+    for batched, expected in ((True, 1), (False, len(outs['references']) -
+                                          1)):
+        calls.clear()
+        losses, _ = losses_and_grads(head, outs, samples, batched)
+        assert len(calls) == expected
+        assert 'dn_loss_cls' in losses and 'd0.dn_loss_iou' in losses

@@ -1,6 +1,7 @@
-"""RPN and ATSS losses over all levels at once (``batched_levels=True``)
-against mmdet's per-level ``loss_by_feat``: the same values and gradients,
-also with an image without boxes and levels without positives."""
+"""RPN and ATSS losses over all levels at once (``batched_levels``, on by
+default) against mmdet's per-level ``loss_by_feat``: the same values and
+gradients, also with an image without boxes and levels without
+positives."""
 import copy
 
 import pytest
@@ -51,7 +52,7 @@ def test_batched_levels_match_mmdet(num_boxes):
 @pytest.mark.parametrize('batched', [False, True])
 def test_loss_entries_are_level_lists_unless_batched(batched):
     cfg = tiny_model_cfg()
-    assert 'batched_levels' not in cfg.rpn_head  # the default: mmdet's
+    assert 'batched_levels' not in cfg.rpn_head  # the class default
     cfg.bbox_head.atss.batched_levels = batched
     cfg.rpn_head.batched_levels = batched
     model = build_model(cfg).train()
@@ -59,3 +60,10 @@ def test_loss_entries_are_level_lists_unless_batched(batched):
     losses = model.loss(inputs, samples)
     for key in BATCHED_KEYS:
         assert isinstance(losses[key], torch.Tensor if batched else list)
+
+
+def test_levels_are_batched_by_default():
+    model = build_model(tiny_model_cfg())
+    assert model.rpn_head.batched_levels
+    assert all(head.batched_levels for head in model.bbox_head
+               if hasattr(head, 'batched_levels'))

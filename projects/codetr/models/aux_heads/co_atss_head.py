@@ -41,13 +41,13 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             another order, with a fifth of the kernel launches and one
             ``nonzero`` synchronisation instead of five. The
             loss entries are then tensors, not per-level lists. Defaults to
-            False (``ATSSHead.loss_by_feat``): the sums in mmdet's order,
-            which match the released code's golden losses bit for bit; the
-            batched order differs in the last bits.
+            True; False runs ``ATSSHead.loss_by_feat``, whose sums in
+            mmdet's order match the released code's golden losses bit for
+            bit (the batched order differs in the last bits).
         *args, **kwargs: ``ATSSHead``'s arguments.
     """
 
-    def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
+    def __init__(self, *args, batched_levels: bool = True, **kwargs) -> None:
         super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
         if not self.reg_decoded_bbox:

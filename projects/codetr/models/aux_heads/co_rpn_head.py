@@ -30,13 +30,13 @@ class CoRPNHead(AnyDtypeAnchorsMixin, RPNHead):
             anchors divided by one ``avg_factor``, so only the order of the
             sum changes, for a fifth of the kernel launches.
             The loss entries are then tensors, not per-level lists.
-            Defaults to False (``RPNHead.loss_by_feat``): the sums in
-            mmdet's order, which match the released code's golden losses
-            bit for bit; the batched order differs in the last bits.
+            Defaults to True; False runs ``RPNHead.loss_by_feat``, whose
+            sums in mmdet's order match the released code's golden losses
+            bit for bit (the batched order differs in the last bits).
         *args, **kwargs: ``RPNHead``'s arguments.
     """
 
-    def __init__(self, *args, batched_levels: bool = False, **kwargs) -> None:
+    def __init__(self, *args, batched_levels: bool = True, **kwargs) -> None:
         super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
 

@@ -167,8 +167,42 @@ class BatchedMatchingDETRHead(DETRHead):
                                            batch_gt_instances,
                                            batch_img_metas, factors)
         num_neg = bs * num_queries - num_pos
-        cls_avg = num_pos * 1.0 + num_neg * self.bg_cls_weight
-        reg_avg = num_pos.astype(np.float64)
+        return self.losses_of_targets(
+            cls_scores,
+            bbox_preds,
+            (labels, label_weights, bbox_targets, bbox_weights),
+            cls_avg=num_pos * 1.0 + num_neg * self.bg_cls_weight,
+            reg_avg=num_pos.astype(np.float64),
+            factors=factors)
+
+    def losses_of_targets(self, cls_scores: Tensor, bbox_preds: Tensor,
+                          targets: Tuple[Tensor, Tensor, Tensor, Tensor],
+                          cls_avg: np.ndarray, reg_avg: np.ndarray,
+                          factors: Tensor) -> Tuple[Tensor, ...]:
+        """Classification, L1 and IoU loss of every layer, given targets
+        (the matched ones, or Co-DINO's fixed denoising targets).
+
+        Args:
+            cls_scores (Tensor): (L, bs, num_queries, cls_out_channels).
+            bbox_preds (Tensor): (L, bs, num_queries, 4) normalised
+                (cx, cy, w, h).
+            targets (tuple[Tensor]): ``labels`` (L * bs * num_queries, )
+                with ``num_classes`` for background, ``label_weights``
+                (same), ``bbox_targets`` (L * bs * num_queries, 4)
+                normalised (cx, cy, w, h) and ``bbox_weights`` (same), in
+                the predictions' layer, image, query order.
+            cls_avg (np.ndarray): (L, ) classification average factor of
+                each layer, before the mean over processes.
+            reg_avg (np.ndarray): (L, ) positives of each layer (the box
+                losses' average factor), before the mean over processes.
+            factors (Tensor): (bs, 4) ``[w, h, w, h]`` of each image.
+
+        Returns:
+            tuple[Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_iou``, each
+            (L, ).
+        """
+        num_layers, bs, num_queries, channels = cls_scores.shape
+        labels, label_weights, bbox_targets, bbox_weights = targets
         if dist.is_available() and dist.is_initialized():
             # one all-reduce for all layers instead of two per layer
             counts = reduce_mean(

@@ -1,6 +1,7 @@
 """The query head of Co-DINO (docs/design.md, query selection)."""
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmcv.ops import batched_nms
 from mmdet.models.dense_heads import DINOHead
@@ -8,7 +9,7 @@ from mmdet.models.layers import CdnQueryGenerator, inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
-from mmdet.utils import ConfigType, OptConfigType
+from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
@@ -256,6 +257,60 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         return self.loss(outs['hidden_states'], outs['references'],
                          outs['enc_outputs_class'], outs['enc_outputs_coord'],
                          batch_data_samples, outs['dn_meta'])
+
+    def loss_dn(self, all_layers_denoising_cls_scores: Tensor,
+                all_layers_denoising_bbox_preds: Tensor,
+                batch_gt_instances: InstanceList, batch_img_metas: List[dict],
+                dn_meta: Dict[str, int]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Denoising losses of all decoder layers at once.
+
+        mmdet's ``DINOHead.loss_dn`` runs ``_loss_dn_single`` per layer:
+        the same targets rebuilt for every layer, three losses per layer
+        and two host reads per layer (the QualityFocalLoss positives'
+        ``nonzero`` and the ``.item()`` of the box losses' average factor).
+        The targets do not depend on the layer, so they are built once and
+        each loss is evaluated element-wise over all layers
+        (:meth:`losses_of_targets`, as for the matching part): the same
+        values, each layer's sum over its own elements, the L1 weight
+        applied before the sum (its last bits may differ); one mean of the
+        average factors over processes instead of one per layer.
+        ``batched_matching=False`` (or no denoising query) keeps mmdet's
+        path.
+
+        Args:
+            all_layers_denoising_cls_scores (Tensor): (L, bs, num_dn,
+                num_classes) logits of the denoising queries.
+            all_layers_denoising_bbox_preds (Tensor): (L, bs, num_dn, 4)
+                normalised (cx, cy, w, h).
+            batch_gt_instances (list[InstanceData]): Ground truth per image.
+            batch_img_metas (list[dict]): ``img_shape`` per image.
+            dn_meta (dict): ``num_denoising_queries``,
+                ``num_denoising_groups``.
+
+        Returns:
+            tuple[Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_iou``, each
+            (L, ): one value per decoder layer, as mmdet's lists.
+        """
+        cls_scores = all_layers_denoising_cls_scores
+        bbox_preds = all_layers_denoising_bbox_preds
+        if not self.batched_matching or cls_scores.size(2) == 0:
+            return super().loss_dn(cls_scores, bbox_preds, batch_gt_instances,
+                                   batch_img_metas, dn_meta)
+        num_layers = cls_scores.size(0)
+        (labels, label_weights, bbox_targets, bbox_weights, num_pos,
+         num_neg) = self.get_dn_targets(batch_gt_instances, batch_img_metas,
+                                        dn_meta)
+        # the same targets for every layer: (L * bs * num_dn, ...)
+        labels, label_weights, bbox_targets, bbox_weights = (
+            torch.cat(t).repeat(num_layers, *([1] * (t[0].dim() - 1)))
+            for t in (labels, label_weights, bbox_targets, bbox_weights))
+        return self.losses_of_targets(
+            cls_scores,
+            bbox_preds, (labels, label_weights, bbox_targets, bbox_weights),
+            cls_avg=np.full(num_layers,
+                            num_pos * 1.0 + num_neg * self.bg_cls_weight),
+            reg_avg=np.full(num_layers, float(num_pos)),
+            factors=self._image_factors(batch_img_metas, bbox_preds))
 
     def _get_dn_targets_single(self, gt_instances: InstanceData,
                                img_meta: dict, dn_meta: Dict[str,
