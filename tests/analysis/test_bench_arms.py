@@ -69,3 +69,15 @@ def test_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
         proc.stdout
     rows = json.loads(out.read_text())
     assert rows[0]['optimizer_groups'] == 2 and rows[0]['step_ms'] > 0
+
+
+def test_a_failing_arm_is_left_out(capsys):
+    """mmdet's Co-DINO cannot train under AMP: its arm is left out with a
+    line saying why, and the other arms run."""
+    import argparse
+
+    from projects.codetr.analysis.bench_arms import build_arms
+    args = argparse.Namespace(device='cpu', warmup=0, num_cp=None)
+    assert build_arms(['no/such/config.py'], ['fp32'], args) == []
+    assert 'no/such/config.py (fp32) failed, left out' in \
+        capsys.readouterr().out
