@@ -166,11 +166,15 @@ def progress_text(status: dict, results: Dict[str, dict]) -> str:
 
 def model_family(arms) -> str:
     """The detector the arms train, for titles: Co-DINO for the ``dino_*``
-    arms, Co-Deformable-DETR for the others, Co-DETR for a mix."""
-    dino = {arm.startswith('dino_') for arm in arms}
-    if dino == {True}:
-        return 'Co-DINO'
-    return 'Co-Deformable-DETR' if dino == {False} else 'Co-DETR'
+    arms, (Co-)DAB-Deformable-DETR for the ``dab_*`` arms,
+    Co-Deformable-DETR for the others, Co-DETR for a mix."""
+    families = {
+        'Co-DINO' if arm.startswith('dino_') else
+        '(Co-)DAB-Deformable-DETR' if arm.startswith('dab_') else
+        'Co-Deformable-DETR'
+        for arm in arms
+    }
+    return families.pop() if len(families) == 1 else 'Co-DETR'
 
 
 def write_atomic(path: str, text: str) -> None:
