@@ -167,14 +167,19 @@ def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
     return step
 
 
+def set_tf32(tf32: bool) -> None:
+    """Float32 matrix products in TF32 (``tf32``) or in full float32, for
+    the whole process (as ``MatmulTF32Hook`` sets them for a run)."""
+    torch.set_float32_matmul_precision('high' if tf32 else 'highest')
+
+
 def with_tf32(tf32: bool, fn: Callable) -> Callable:
     """``fn`` run with float32 matmuls in TF32 (``tf32``) or in full float32
     precision: the setting is process-wide and the arms alternate, so each
     call sets it for its own arm."""
-    precision = 'high' if tf32 else 'highest'
 
     def call(*args, **kwargs):
-        torch.set_float32_matmul_precision(precision)
+        set_tf32(tf32)
         return fn(*args, **kwargs)
 
     return call

@@ -10,7 +10,7 @@ from typing import List
 
 import torch
 
-from .bench_arms import Arm, build_arms, time_arms
+from .bench_arms import Arm, build_arms, set_tf32, time_arms
 from .mmdet_source import (REFERENCE, cross_ratio, is_source_model,
                            run_source_arms)
 from .step_profile import format_profile, profile_step, stage_times
@@ -116,9 +116,11 @@ def run(args: argparse.Namespace) -> None:
         with open(args.out, 'w') as f:
             json.dump(rows + source_rows, f, indent=1)
     for arm in arms:
+        set_tf32(arm.tf32)  # the stages and graph checks call the model
         if getattr(arm.model, 'cuda_graphs', None):
             print(graph_vs_eager(arm, args), flush=True)
     for arm in arms:
+        set_tf32(arm.tf32)
         if args.stages and type(arm.model).__name__ == 'CoDETR':
             stages = stage_times(arm.model, args, arm.amp)
             print(
