@@ -15,10 +15,11 @@ pytestmark = pytest.mark.slow  # runs the convergence driver on generated data
 HEADS = ('rpn_head', 'roi_head', 'bbox_head', 'with_pos_coord')
 
 
-def derived(tmp_path, arm, iters, val_interval):
-    path = tmp_path / f'{arm}_{iters}.py'
+def derived(tmp_path, arm, iters, val_interval, seed=conv_arms.SEED):
+    path = tmp_path / f'{arm}_{iters}_{seed}.py'
     path.write_text(
-        conv.derived_config(arm, iters, val_interval, str(tmp_path / 'd')))
+        conv.derived_config(arm, iters, val_interval, str(tmp_path / 'd'),
+                            seed))
     return Config.fromfile(str(path), import_custom_modules=False)
 
 
@@ -49,6 +50,14 @@ def test_schedule_follows_iterations(tmp_path, iters, val_interval, step):
     ]
 
 
+def test_seed_option_sets_the_training_seed_only(tmp_path):
+    seed0 = derived(tmp_path, 'dab_k2', 20, 10).to_dict()
+    seed1 = derived(tmp_path, 'dab_k2', 20, 10, seed=1).to_dict()
+    assert (seed0.pop('randomness'), seed1.pop('randomness')) == (
+        dict(seed=0), dict(seed=1))
+    assert seed0 == seed1
+
+
 def test_arms_differ_only_in_their_heads(tmp_path):
     cfgs = {
         arm: derived(tmp_path, arm, 20, 10).to_dict()
@@ -65,20 +74,24 @@ def test_arms_differ_only_in_their_heads(tmp_path):
         k2=('rpn_head', 'roi_head', 'bbox_head'),
         nopos=('rpn_head', 'roi_head', 'bbox_head'),
         dino_k0=(),
-        dino_k2=('rpn_head', 'roi_head', 'bbox_head'))
+        dino_k2=('rpn_head', 'roi_head', 'bbox_head'),
+        dab_k0=(),
+        dab_k2=('rpn_head', 'roi_head', 'bbox_head'))
     assert [
         arm for arm, cfg in cfgs.items() if not cfg['model']['with_pos_coord']
     ] == ['nopos']
-    # Co-DINO and Co-Deformable-DETR arms: the same data, schedule, seed
+    # every family's arms: the same data, schedule, seed
     for key in ('train_dataloader', 'val_dataloader', 'train_cfg',
                 'param_scheduler', 'randomness', 'val_evaluator'):
-        assert cfgs['dino_k2'][key] == cfgs['k2'][key], key
+        for arm in ('dino_k2', 'dab_k2'):
+            assert cfgs[arm][key] == cfgs['k2'][key], (arm, key)
     for cfg in cfgs.values():
         for head in HEADS:
             del cfg['model'][head]
     # within a family, only the auxiliary heads differ
     for family, reference in ((conv_arms.DEFAULT_ARMS, 'k2'),
-                              (('dino_k0', 'dino_k2'), 'dino_k2')):
+                              (('dino_k0', 'dino_k2'), 'dino_k2'),
+                              (('dab_k0', 'dab_k2'), 'dab_k2')):
         for arm in family:
             assert cfgs[arm] == cfgs[reference], arm
 
