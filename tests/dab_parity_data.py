@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 from codetr_testing import REPO_ROOT, build_model, load_config
 from mmengine.config import ConfigDict
-from parity_data import PARITY_DIR, fill
+from parity_data import PARITY_DIR, fill_by_name
 
 from projects.codetr.checkpoint.dab_detr_names import to_dab_detr
 
@@ -60,11 +60,7 @@ def dab_parity_model(
     """The parity model with the golden weights (filled by official name;
     integer buffers keep their values), in eval mode, in ``dtype``."""
     model = build_model(dab_parity_model_cfg())
-    with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            if tensor.is_floating_point():
-                tensor.copy_(
-                    fill(to_dab_detr(name), tensor.detach().clone(), SALT))
+    fill_by_name(model, to_dab_detr, SALT)
     return model.to(dtype)
 
 

@@ -22,7 +22,7 @@ F32_LOSS_RTOL and F32_DETECTIONS, the bounds of the earlier float32 suite.
 import importlib.util
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from codetr_testing import R50_CONFIG, build_model, load_config
@@ -90,26 +90,35 @@ def parity_model_cfg() -> ConfigDict:
     return model
 
 
+def fill_by_name(model: torch.nn.Module, to_name: Callable[[str], str],
+                 salt: str = '') -> Dict[str, str]:
+    """Fill every floating tensor of ``model`` as a golden run did.
+
+    Each tensor is filled by ``fill.py`` from its name in the golden code,
+    ``to_name(codetr name)``, and ``salt`` (0-d tensors and integer buffers
+    keep their values, as in the golden runs).
+
+    Returns:
+        dict[str, str]: codetr name -> golden-code name of every tensor.
+    """
+    names = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            names[name] = to_name(name)
+            if tensor.is_floating_point():
+                tensor.copy_(fill(names[name], tensor.detach().clone(), salt))
+    return names
+
+
 def fill_by_released_name(model: torch.nn.Module,
                           salt: str = '') -> Dict[str, str]:
-    """Fill every floating tensor of ``model`` as the golden data did.
-
-    Each tensor is filled by ``fill.py`` from its released name and
-    ``salt`` (0-d tensors and integer buffers keep their values, as in the
-    golden run).
+    """:func:`fill_by_name` by the released code's names.
 
     Returns:
         dict[str, str]: codetr name -> released name of every tensor.
     """
     from projects.codetr.checkpoint import to_released
-    names = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            released = to_released(name)
-            names[name] = released
-            if tensor.is_floating_point():
-                tensor.copy_(fill(released, tensor.detach().clone(), salt))
-    return names
+    return fill_by_name(model, to_released, salt)
 
 
 def filled_model(

@@ -198,18 +198,26 @@ def test_converted_released_checkpoint_loads_strictly_with_golden_weights(
     saved = torch.load(dst, weights_only=True)  # plain types only
     assert saved['meta']['source_layout'] == RELEASED
     assert saved['meta']['source_file'] == 'released.pth'
-    with torch.no_grad():  # so that only the load can give the weights
+    state = strict_load_equals(model, dst, expected)
+    released = released_state_dict()
+    for ours, theirs in KNOWN_RENAMES.items():
+        assert torch.equal(state[ours], released[theirs]), ours
+
+
+def strict_load_equals(model, path, expected):
+    """Overwrite ``model``'s tensors (so that only the load can give the
+    weights), load ``path`` strictly as tools/test.py loads a checkpoint
+    (``load_checkpoint``), check every tensor equals ``expected``'s and
+    return the state dict."""
+    with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.fill_(7)
-    # the path of tools/test.py (Runner.load_checkpoint), here strict
-    load_checkpoint(model, str(dst), map_location='cpu', strict=True)
+    load_checkpoint(model, str(path), map_location='cpu', strict=True)
     state = model.state_dict()
     assert list(state) == list(expected)
     for name, tensor in expected.items():
         assert torch.equal(state[name], tensor), name
-    released = released_state_dict()
-    for ours, theirs in KNOWN_RENAMES.items():
-        assert torch.equal(state[ours], released[theirs]), ours
+    return state
 
 
 def test_round_trip_keeps_names_and_tensors(tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from codetr_testing import REPO_ROOT, build_model
 from mmdet.models.layers import PatchMerging
-from mmengine.runner import load_checkpoint
-from test_convert_checkpoint import HINT, convert, save_released
+from test_convert_checkpoint import (HINT, convert, save_released,
+                                     strict_load_equals)
 from zoo_testing import TINY_SWIN, tiny_zoo_model_cfg
 
 from projects.codetr.checkpoint import (CODETR, MMDET3, RELEASED,
@@ -211,17 +211,6 @@ def swin_model():
     return model, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _strict_load_equals(model, path, expected):
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            tensor.fill_(7)
-    load_checkpoint(model, str(path), map_location='cpu', strict=True)
-    state = model.state_dict()
-    assert list(state) == list(expected)
-    for name, tensor in expected.items():
-        assert torch.equal(state[name], tensor), name
-
-
 @pytest.mark.parametrize('layout', [RELEASED, MMDET3])
 def test_swin_checkpoint_converts_to_codetr(layout, swin_model, tmp_path,
                                             monkeypatch):
@@ -238,7 +227,7 @@ def test_swin_checkpoint_converts_to_codetr(layout, swin_model, tmp_path,
     assert convert(src, tmp_path / 'out.pth', monkeypatch=monkeypatch) is None
     saved = torch.load(tmp_path / 'out.pth', weights_only=True)
     assert saved['meta']['source_layout'] == layout
-    _strict_load_equals(model, tmp_path / 'out.pth', expected)
+    strict_load_equals(model, tmp_path / 'out.pth', expected)
     # and back: codetr -> the layout, identical to what went in
     assert convert(
         tmp_path / 'out.pth',
@@ -316,4 +305,4 @@ def test_co_dino_chain_mmdet3_released_codetr(tmp_path, monkeypatch):
     assert detect_layout(mmdet3) == MMDET3
     src = save_released(tmp_path / 'mmdet3.pth', mmdet3, 'bare')
     assert convert(src, tmp_path / 'out.pth', monkeypatch=monkeypatch) is None
-    _strict_load_equals(model, tmp_path / 'out.pth', expected)
+    strict_load_equals(model, tmp_path / 'out.pth', expected)

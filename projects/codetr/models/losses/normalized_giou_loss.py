@@ -47,11 +47,11 @@ class NormalizedGIoULoss(GIoULoss):
     """``1 - GIoU`` of boxes normalised by the image size, with DETR's
     additive ``eps`` (see the module docstring).
 
-    ``CoDeformDETRHead`` reads ``normalized_boxes`` and passes normalised
-    (x1, y1, x2, y2) boxes instead of pixel boxes, in its batched loss path
-    (``batched_matching=True``, checked) and its auxiliary-query losses.
-    Co-DINO's denoising losses (mmdet's) pass pixel boxes: use mmdet's
-    ``GIoULoss`` there.
+    The query heads read ``normalized_boxes`` and pass normalised
+    (x1, y1, x2, y2) boxes instead of pixel boxes in their batched losses
+    (matching, encoder, Co-DINO's denoising and auxiliary-query losses);
+    mmdet's per-layer path (``batched_matching=False``) passes pixel boxes,
+    so the heads refuse that combination.
 
     Args:
         eps (float): Added to the union and the enclosing area. Defaults to
