@@ -9,6 +9,7 @@ importing the plugin stays as light as without it. One idea per module:
 - ``step_profile``: where the time of a training step goes;
 - ``host_syncs``: where a training step reads tensors back to the host;
 - ``model_summary``: parameters per module and training-step time;
+- ``train_throughput``: the iteration time ``tools/train.py`` logs;
 - ``curves``: reading mmengine's scalar logs and plotting them;
 - ``convergence_arms``, ``convergence``, ``convergence_report``: the
   convergence benchmark's arms, its driver and its summary.
