@@ -54,5 +54,9 @@ def test_train_command_trains_on_the_generated_data(config, schedule):
     assert f'val_evaluator.ann_file={root}annotations/instances_val.json' \
         in options
     assert all(s in options for s in schedule)
+    # the generated classes: with COCO's names every box would be dropped
+    assert 'train_dataloader.dataset.metainfo.classes=[circle,square,' \
+        'triangle,star,cross,ring]' in options
+    assert 'log_processor.window_size=10' in options
     assert options[-1] == 'tf32=True'
     assert '--skip-data-check' in command
