@@ -4,6 +4,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from mmcv.cnn import Scale
 from mmdet.models.dense_heads import ATSSHead
+from mmdet.models.task_modules import PseudoSampler
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -16,6 +17,8 @@ from ..precision.any_dtype_heads import (AnyDtypeAnchorsMixin,
                                          any_dtype_head_cfgs)
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from ..precision.dtypes import at_least_float32
+from ..task_modules.batched_anchor_targets import pad_gt_instances
+from ..task_modules.batched_atss_assigner import BatchedATSSAssigner
 from ..task_modules.level_batching import levels_side_by_side
 
 
@@ -44,16 +47,42 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             True; False runs ``ATSSHead.loss_by_feat``, whose sums in
             mmdet's order match the released code's golden losses bit for
             bit (the batched order differs in the last bits).
+        batched_images (bool): Compute the training targets of all images
+            in one pass (:meth:`get_targets`, :class:`BatchedATSSAssigner`)
+            instead of mmdet's pipeline per image (valid-anchor subsets,
+            assigner, sampler, ``unmap``, each with host reads): the same
+            targets tensor for tensor, except where mmdet's own choice is
+            an implementation detail (``batched_atss_assigner``), and
+            ``avg_factor`` stays a tensor, read by nobody. Needs mmdet's
+            ``ATSSAssigner`` (no ``alpha``) and ``PseudoSampler``; images
+            with ignored boxes that the assigner would use take mmdet's
+            path. Unlike mmdet, an image without any valid anchor does not
+            raise (checking costs a read): it has no positives. Defaults
+            to True; False runs ``ATSSHead.get_targets``.
         *args, **kwargs: ``ATSSHead``'s arguments.
     """
 
-    def __init__(self, *args, batched_levels: bool = True, **kwargs) -> None:
+    def __init__(self,
+                 *args,
+                 batched_levels: bool = True,
+                 batched_images: bool = True,
+                 **kwargs) -> None:
         super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
+        self.batched_images = batched_images
         if not self.reg_decoded_bbox:
             raise ValueError('CoATSSHead needs reg_decoded_bbox=True: its '
                              'assigned targets become query targets and '
                              'must be absolute boxes, not deltas.')
+        self.batched_assigner = None
+        if batched_images and self.train_cfg:
+            if not isinstance(self.sampler, PseudoSampler):
+                raise ValueError('CoATSSHead(batched_images=True) computes '
+                                 "PseudoSampler's targets; got "
+                                 f'{type(self.sampler).__name__}. Set '
+                                 'batched_images=False for other samplers.')
+            self.batched_assigner = BatchedATSSAssigner.from_assigner(
+                self.assigner)
         self._targets = None
 
     def forward_single(self, x: Tensor, scale: Scale) -> Sequence[Tensor]:
@@ -102,15 +131,131 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
         levels = inside_flags.split(num_level_anchors)
         return torch.stack([flags.sum() for flags in levels]).tolist()
 
-    def get_targets(self, *args, **kwargs) -> tuple:
-        """mmdet's targets, kept for :meth:`loss_and_pos_coords`.
+    def get_targets(self,
+                    anchor_list: List[List[Tensor]],
+                    valid_flag_list: List[List[Tensor]],
+                    batch_gt_instances: InstanceList,
+                    batch_img_metas: List[dict],
+                    batch_gt_instances_ignore: OptInstanceList = None,
+                    unmap_outputs: bool = True) -> tuple:
+        """mmdet's targets (see ``ATSSHead.get_targets``), batched over the
+        images with ``batched_images``, kept for :meth:`loss_and_pos_coords`.
 
         ``ATSSHead.loss_by_feat`` computes the targets internally and returns
         only losses; keeping them here (consumed and cleared right after the
         loss) reuses that method instead of copying it.
+
+        Returns:
+            tuple: Per level, anchors (bs, n_l, 4) (zeros where invalid,
+            as mmdet's ``unmap``), labels (bs, n_l) long (``num_classes``
+            for negatives and invalid anchors), label weights (bs, n_l)
+            float32, box targets (bs, n_l, 4) absolute (x1, y1, x2, y2),
+            box weights (bs, n_l, 4); then ``avg_factor``, the positives
+            summed over the images, each counted at least once (a tensor
+            when batched, unless mmdet's per-level loss, which needs a
+            number, reads it).
         """
-        self._targets = super().get_targets(*args, **kwargs)
+        if self._batched_targets_apply(anchor_list, batch_gt_instances_ignore,
+                                       unmap_outputs):
+            self._targets = self._batched_targets(anchor_list,
+                                                  valid_flag_list,
+                                                  batch_gt_instances,
+                                                  batch_img_metas)
+            if not self.batched_levels:
+                # ATSSHead.loss_by_feat makes a tensor of it: give a number
+                self._targets = self._targets[:-1] + (int(
+                    self._targets[-1]), )
+        else:
+            self._targets = super().get_targets(anchor_list, valid_flag_list,
+                                                batch_gt_instances,
+                                                batch_img_metas,
+                                                batch_gt_instances_ignore,
+                                                unmap_outputs)
         return self._targets
+
+    def _batched_targets_apply(self, anchor_list: List[List[Tensor]],
+                               batch_gt_instances_ignore: OptInstanceList,
+                               unmap_outputs: bool) -> bool:
+        """Whether :meth:`_batched_targets` gives mmdet's targets: all
+        images share the anchors (``get_anchors`` builds them once) and no
+        ignored box changes the assignment (the ATSS assigner uses them
+        only with ``ignore_iof_thr > 0``)."""
+        if self.batched_assigner is None or not unmap_outputs:
+            return False
+        if any(levels is not anchor_list[0] for levels in anchor_list):
+            return False
+        ignores = batch_gt_instances_ignore or []
+        return self.assigner.ignore_iof_thr <= 0 or all(
+            ignore is None or len(ignore) == 0 for ignore in ignores)
+
+    def _batched_targets(self, anchor_list: List[List[Tensor]],
+                         valid_flag_list: List[List[Tensor]],
+                         batch_gt_instances: InstanceList,
+                         batch_img_metas: List[dict]) -> tuple:
+        """mmdet's ``get_targets`` for all images at once, without reading
+        anything back from the device; see :meth:`get_targets`.
+
+        What mmdet computes on the valid anchors and maps back with
+        ``unmap`` is computed on all anchors and masked: invalid anchors
+        are never candidates, get label ``num_classes``, weight 0 and zero
+        anchors and targets, as ``unmap`` fills them.
+        """
+        num_level_anchors = [anchors.size(0) for anchors in anchor_list[0]]
+        anchors = torch.cat(anchor_list[0])
+        valid_flags = torch.stack([torch.cat(f) for f in valid_flag_list])
+        inside_flags = self._inside_flags(anchors, valid_flags,
+                                          batch_img_metas)
+        gt_bboxes, gt_labels, gt_valid = pad_gt_instances(batch_gt_instances)
+        gt_inds, assigned_labels = self.batched_assigner.assign(
+            anchors, inside_flags, num_level_anchors, gt_bboxes, gt_labels,
+            gt_valid)
+
+        positive = gt_inds > 0
+        labels = torch.where(positive, assigned_labels, self.num_classes)
+        # mmdet's label weights are float32 whatever the anchors' dtype
+        label_weights = inside_flags.float()
+        if self.train_cfg['pos_weight'] > 0:
+            label_weights = torch.where(positive,
+                                        float(self.train_cfg['pos_weight']),
+                                        label_weights)
+        gt_index = (gt_inds - 1).clamp(min=0)[..., None].expand(-1, -1, 4)
+        # reg_decoded_bbox: the targets are the ground-truth boxes
+        bbox_targets = torch.where(positive[..., None],
+                                   gt_bboxes.gather(1, gt_index), 0).to(
+                                       anchors.dtype)
+        bbox_weights = positive[..., None].to(anchors.dtype).repeat(1, 1, 4)
+        anchors = torch.where(inside_flags[..., None], anchors, 0)
+        # SamplingResult counts max(num_pos, 1) per image (PseudoSampler)
+        avg_factor = positive.sum(1).clamp(min=1).sum()
+        levels = [
+            list(target.split(num_level_anchors, dim=1))
+            for target in (anchors, labels, label_weights, bbox_targets,
+                           bbox_weights)
+        ]
+        return (*levels, avg_factor)
+
+    def _inside_flags(self, anchors: Tensor, valid_flags: Tensor,
+                      batch_img_metas: List[dict]) -> Tensor:
+        """mmdet's ``anchor_inside_flags`` of every image.
+
+        Args:
+            anchors (Tensor): (A, 4) anchors (x1, y1, x2, y2).
+            valid_flags (Tensor): (bs, A) bool, inside each padded image.
+            batch_img_metas (list[dict]): ``img_shape`` per image.
+
+        Returns:
+            Tensor: (bs, A) bool.
+        """
+        border = self.train_cfg['allowed_border']
+        if border < 0:
+            return valid_flags
+        # mmdet compares with the integers img_w + border, img_h + border
+        limits = anchors.new_tensor([[meta['img_shape'][1] + border,
+                                      meta['img_shape'][0] + border]
+                                     for meta in batch_img_metas])
+        return valid_flags & (anchors[:, 0] >= -border) & (
+            anchors[:, 1] >= -border) & (anchors[:, 2] < limits[:, :1]) & (
+                anchors[:, 3] < limits[:, 1:])
 
     def loss_by_feat(
             self,
@@ -144,8 +289,11 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
         anchors, labels, label_weights, bbox_targets, _, avg_factor = \
             self.get_targets(anchors, valid_flags, batch_gt_instances,
                              batch_img_metas, batch_gt_instances_ignore)
+        # a tensor, not read back: the losses divide by (avg_factor + eps)
+        # in their own dtype, the same value as mmdet's Python float
         avg_factor = reduce_mean(
-            torch.tensor(avg_factor, dtype=torch.float, device=device)).item()
+            torch.as_tensor(avg_factor, dtype=torch.float,
+                            device=device)).to(cls_scores[0].dtype)
         loss_cls, loss_bbox, loss_centerness, bbox_avg_factor = \
             self.loss_by_feat_single(
                 torch.cat(anchors, 1),
@@ -156,7 +304,8 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
                 torch.cat(label_weights, 1),
                 torch.cat(bbox_targets, 1),
                 avg_factor=avg_factor)
-        bbox_avg_factor = reduce_mean(bbox_avg_factor).clamp_(min=1).item()
+        bbox_avg_factor = reduce_mean(bbox_avg_factor).clamp_(min=1).to(
+            loss_bbox.dtype)
         return dict(
             loss_cls=loss_cls,
             loss_bbox=loss_bbox / bbox_avg_factor,

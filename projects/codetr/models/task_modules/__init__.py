@@ -1,15 +1,17 @@
 """Parts that make the heads fast without changing what they compute:
 mmdet's task modules with fewer host reads and launches (an anchor generator
-that caches, a MaxIoU assigner without device reads), the RPN/ATSS losses
-over all levels at once, and the level shapes the transformer and mmcv's
-deformable attention share. Each is checked against the mmdet component it
-replaces (see ``docs/design.md``, "Speed-ups")."""
+that caches, a MaxIoU assigner without device reads, the ATSS assignment of
+a whole batch at once), the RPN/ATSS losses over all levels at once, and
+the level shapes the transformer and mmcv's deformable attention share.
+Each is checked against the mmdet component it replaces (see
+``docs/design.md``, "Speed-ups")."""
+from .batched_atss_assigner import BatchedATSSAssigner
 from .cached_anchor_generator import CachedAnchorGenerator
 from .level_batching import levels_side_by_side
 from .level_shapes import host_level_sizes, level_shape_tensors
 from .sync_free_max_iou_assigner import SyncFreeMaxIoUAssigner
 
 __all__ = [
-    'CachedAnchorGenerator', 'SyncFreeMaxIoUAssigner', 'host_level_sizes',
-    'level_shape_tensors', 'levels_side_by_side'
+    'BatchedATSSAssigner', 'CachedAnchorGenerator', 'SyncFreeMaxIoUAssigner',
+    'host_level_sizes', 'level_shape_tensors', 'levels_side_by_side'
 ]
