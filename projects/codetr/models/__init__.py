@@ -21,6 +21,8 @@ The folders follow the method:
   batching, level shapes).
 - ``precision/``: dtype rules (float32 under autocast, float64 for
   ``model.double()``) and float64 paths of float32-only mmdet/mmcv parts.
+- ``data_preprocessors/``: :class:`BatchPadToMultiple`, training batches
+  padded to few distinct shapes (cuDNN plans are built once per shape).
 - ``losses/``: losses that reproduce a DETR codebase's arithmetic where
   mmdet's differs (:class:`NormalizedGIoULoss`).
 - ``positive_coords.py``: the interface between the two kinds of head:
@@ -28,6 +30,7 @@ The folders follow the method:
   targets a query head builds from it.
 """
 from .aux_heads import CoATSSHead, CoFCOSHead, CoStandardRoIHead
+from .data_preprocessors import BatchPadToMultiple
 from .detectors import CoDETR
 from .losses import NormalizedGIoULoss
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
@@ -50,5 +53,5 @@ __all__ = [
     'CoDinoTransformerDecoder', 'CoTransformerBase', 'CachedAnchorGenerator',
     'SyncFreeMaxIoUAssigner', 'AnyDtypeCrossEntropyLoss',
     'AnyDtypeDeltaXYWHBBoxCoder', 'CoDABDeformableDetrTransformer',
-    'NormalizedGIoULoss'
+    'NormalizedGIoULoss', 'BatchPadToMultiple'
 ]
