@@ -16,7 +16,7 @@ from ..positive_coords import PositiveCoords
 from ..precision.any_dtype_heads import (AnyDtypeAnchorsMixin,
                                          any_dtype_head_cfgs)
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
-from ..precision.dtypes import at_least_float32
+from ..precision.dtypes import at_least_float32, compute_dtype
 from ..task_modules.batched_anchor_targets import pad_gt_instances
 from ..task_modules.batched_atss_assigner import BatchedATSSAssigner
 from ..task_modules.level_batching import levels_side_by_side
@@ -289,11 +289,13 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
         anchors, labels, label_weights, bbox_targets, _, avg_factor = \
             self.get_targets(anchors, valid_flags, batch_gt_instances,
                              batch_img_metas, batch_gt_instances_ignore)
-        # a tensor, not read back: the losses divide by (avg_factor + eps)
-        # in their own dtype, the same value as mmdet's Python float
+        # a tensor, not read back: the losses divide by (avg_factor + eps),
+        # the same value as mmdet's Python float; at least float32 (a count
+        # above 2048 is not exact in float16 under autocast)
         avg_factor = reduce_mean(
             torch.as_tensor(avg_factor, dtype=torch.float,
-                            device=device)).to(cls_scores[0].dtype)
+                            device=device)).to(
+                                compute_dtype(cls_scores[0].dtype))
         loss_cls, loss_bbox, loss_centerness, bbox_avg_factor = \
             self.loss_by_feat_single(
                 torch.cat(anchors, 1),
