@@ -38,7 +38,12 @@ from zoo_testing import tiny_zoo_model_cfg
 CONFIG = 'configs/co_dino_5scale_r50_1x_coco.py'
 DINO_DECODER = 'codetr/models/transformers/co_dino_decoder.py'
 QUERY_SELECTION = 'codetr/models/transformers/co_dino_transformer.py'
-PROPOSALS = ('mmdet/models/utils/misc.py', 'codetr/models/aux_heads/')
+# where the proposals and ATSS anchors are detached: mmdet's per-image
+# proposals, the batched ones (``CoRPNHead(batched_images=True)``) and the
+# auxiliary heads
+PROPOSALS = ('mmdet/models/utils/misc.py',
+             'codetr/models/task_modules/batched_proposals.py',
+             'codetr/models/aux_heads/')
 IOU_TARGETS = ('mmdet/models/dense_heads/detr_head.py',
                'mmdet/models/dense_heads/dino_head.py',
                'codetr/models/query_heads/batched_detr_loss.py')
