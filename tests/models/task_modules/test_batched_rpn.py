@@ -258,3 +258,24 @@ def test_proposals_are_mmdets(dtype, nms_pre, min_bbox_size, max_per_img):
             for key in y.keys():
                 assert x[key].dtype == y[key].dtype, key
                 assert torch.equal(x[key], y[key]), key
+
+
+def test_ignored_boxes_take_mmdets_path_only_where_the_assigner_uses_them():
+    """COCO's crowd boxes reach the RPN as ignored instances; its assigner
+    leaves them out (``ignore_iof_thr=-1``), so the batched path applies
+    and a crowd box changes no target; with ``ignore_iof_thr > 0`` mmdet's
+    per-image path, which uses them, runs."""
+    from projects.codetr.models.task_modules.batched_anchor_targets import \
+        supports_batched_targets
+    gts, metas = random_batch([2, 1], 0)
+    crowd = [InstanceData(bboxes=torch.tensor([[5., 5., 40., 40.]]),
+                          labels=torch.zeros(1, dtype=torch.long)),
+             InstanceData(bboxes=torch.zeros(0, 4),
+                          labels=torch.zeros(0, dtype=torch.long))]
+    head = build_head(True)
+    anchors, _ = anchors_and_flags(head, metas)
+    assert head.assigner.ignore_iof_thr <= 0
+    assert supports_batched_targets(head, anchors, crowd, True, False)
+    head = build_head(True, assigner=dict(ignore_iof_thr=0.5))
+    assert not supports_batched_targets(head, anchors, crowd, True, False)
+    assert supports_batched_targets(head, anchors, None, True, False)

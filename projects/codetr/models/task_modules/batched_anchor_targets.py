@@ -34,15 +34,17 @@ def supports_batched_targets(head, anchor_list: List[List[Tensor]],
     ``AnchorHead.get_targets`` computes for these arguments.
 
     Anything it does not reproduce goes to mmdet's per-image code: ignored
-    boxes, anchors that differ between images, another assigner or
+    boxes that the assigner uses (``ignore_iof_thr > 0``; otherwise mmdet
+    leaves them out too, e.g. COCO's crowd boxes in Co-DETR's RPN),
+    anchors that differ between images, another assigner or
     sampler than mmdet's MaxIoU / random ones (or options of them that
     change the priors or the IoUs), decoded-box regression and the
     per-image outputs (``unmap_outputs=False``, sampling results).
     """
     assigner, sampler = head.assigner, head.sampler
-    has_ignored = batch_gt_instances_ignore is not None and any(
+    has_ignored = assigner.ignore_iof_thr > 0 and any(
         ignore is not None and len(ignore) > 0
-        for ignore in batch_gt_instances_ignore)
+        for ignore in batch_gt_instances_ignore or [])
     return (unmap_outputs and not return_sampling_results
             and not has_ignored and not head.reg_decoded_bbox
             and all(levels is anchor_list[0] for levels in anchor_list)
