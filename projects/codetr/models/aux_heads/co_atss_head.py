@@ -17,7 +17,8 @@ from ..precision.any_dtype_heads import (AnyDtypeAnchorsMixin,
                                          any_dtype_head_cfgs)
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from ..precision.dtypes import at_least_float32, compute_dtype
-from ..task_modules.batched_anchor_targets import pad_gt_instances
+from ..task_modules.batched_anchor_targets import (batched_inside_flags,
+                                                   pad_gt_instances)
 from ..task_modules.batched_atss_assigner import BatchedATSSAssigner
 from ..task_modules.level_batching import levels_side_by_side
 
@@ -203,8 +204,9 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
         num_level_anchors = [anchors.size(0) for anchors in anchor_list[0]]
         anchors = torch.cat(anchor_list[0])
         valid_flags = torch.stack([torch.cat(f) for f in valid_flag_list])
-        inside_flags = self._inside_flags(anchors, valid_flags,
-                                          batch_img_metas)
+        inside_flags = batched_inside_flags(
+            anchors, valid_flags, batch_img_metas,
+            self.train_cfg['allowed_border'])
         gt_bboxes, gt_labels, gt_valid = pad_gt_instances(batch_gt_instances)
         gt_inds, assigned_labels = self.batched_assigner.assign(
             anchors, inside_flags, num_level_anchors, gt_bboxes, gt_labels,
@@ -233,29 +235,6 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
                            bbox_weights)
         ]
         return (*levels, avg_factor)
-
-    def _inside_flags(self, anchors: Tensor, valid_flags: Tensor,
-                      batch_img_metas: List[dict]) -> Tensor:
-        """mmdet's ``anchor_inside_flags`` of every image.
-
-        Args:
-            anchors (Tensor): (A, 4) anchors (x1, y1, x2, y2).
-            valid_flags (Tensor): (bs, A) bool, inside each padded image.
-            batch_img_metas (list[dict]): ``img_shape`` per image.
-
-        Returns:
-            Tensor: (bs, A) bool.
-        """
-        border = self.train_cfg['allowed_border']
-        if border < 0:
-            return valid_flags
-        # mmdet compares with the integers img_w + border, img_h + border
-        limits = anchors.new_tensor([[meta['img_shape'][1] + border,
-                                      meta['img_shape'][0] + border]
-                                     for meta in batch_img_metas])
-        return valid_flags & (anchors[:, 0] >= -border) & (
-            anchors[:, 1] >= -border) & (anchors[:, 2] < limits[:, :1]) & (
-                anchors[:, 3] < limits[:, 1:])
 
     def loss_by_feat(
             self,

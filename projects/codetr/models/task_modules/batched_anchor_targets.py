@@ -81,6 +81,33 @@ def pad_gt_instances(batch_gt_instances: InstanceList
     return padded_bboxes, padded_labels, valid.to(padded_labels.device)
 
 
+def batched_inside_flags(flat_anchors: Tensor, valid_flags: Tensor,
+                         batch_img_metas: List[dict],
+                         allowed_border: int) -> Tensor:
+    """mmdet's ``anchor_inside_flags`` of every image at once.
+
+    Args:
+        flat_anchors (Tensor): (A, 4) (x1, y1, x2, y2), shared by the batch.
+        valid_flags (Tensor): (B, A) bool, inside each padded image.
+        batch_img_metas (list[dict]): ``img_shape`` (h, w) per image.
+        allowed_border (int): mmdet's ``train_cfg.allowed_border``; < 0
+            keeps the valid flags alone.
+
+    Returns:
+        Tensor: (B, A) bool.
+    """
+    if allowed_border < 0:
+        return valid_flags
+    # mmdet compares with img_w + border and img_h + border
+    shapes = flat_anchors.new_tensor(
+        [meta['img_shape'][:2] for meta in batch_img_metas])
+    img_h, img_w = shapes[:, 0:1], shapes[:, 1:2]
+    return (valid_flags & (flat_anchors[:, 0] >= -allowed_border)
+            & (flat_anchors[:, 1] >= -allowed_border)
+            & (flat_anchors[:, 2] < img_w + allowed_border)
+            & (flat_anchors[:, 3] < img_h + allowed_border))
+
+
 def batched_max_iou_assign(assigner: MaxIoUAssigner, anchors: Tensor,
                            inside: Tensor, gt_bboxes: Tensor,
                            gt_labels: Tensor,
@@ -226,16 +253,9 @@ def batched_anchor_targets(
         unlike mmdet, an image without any inside anchor does not raise.
     """
     train_cfg = head.train_cfg
-    inside = valid_flags
-    allowed_border = train_cfg['allowed_border']
-    if allowed_border >= 0:  # anchor_inside_flags, per image's img_shape
-        shapes = flat_anchors.new_tensor(
-            [meta['img_shape'][:2] for meta in batch_img_metas])
-        img_h, img_w = shapes[:, 0:1], shapes[:, 1:2]
-        inside = (inside & (flat_anchors[:, 0] >= -allowed_border)
-                  & (flat_anchors[:, 1] >= -allowed_border)
-                  & (flat_anchors[:, 2] < img_w + allowed_border)
-                  & (flat_anchors[:, 3] < img_h + allowed_border))
+    inside = batched_inside_flags(flat_anchors, valid_flags,
+                                  batch_img_metas,
+                                  train_cfg['allowed_border'])
 
     gt_bboxes, gt_labels, gt_valid = pad_gt_instances(batch_gt_instances)
     gt_inds, assigned_labels = batched_max_iou_assign(
