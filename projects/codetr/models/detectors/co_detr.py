@@ -163,16 +163,18 @@ class CoDETR(BaseDetector):
             auxiliary-query losses; every key to be summed contains 'loss'.
         """
         x = self.extract_feat(batch_inputs)
-        outs = self.query_head.forward_transformer(x, batch_data_samples)
-        losses = self.query_head.loss_by_outputs(outs, batch_data_samples)
-        if not (self.roi_head or self.bbox_head):
-            return losses  # K = 0: no auxiliary head
-        pyramid = self.query_head.memory_to_pyramid(outs['memory'], x)
-        aux_losses, pos_coords = self.aux_heads_loss(pyramid,
-                                                     batch_data_samples)
+        plan = self.query_head.prepare_decoding(x, batch_data_samples)
+        aux_losses, pos_coords = dict(), []
+        if self.roi_head or self.bbox_head:  # none: K = 0
+            pyramid = self.query_head.memory_to_pyramid(plan['memory'], x)
+            aux_losses, pos_coords = self.aux_heads_loss(
+                pyramid, batch_data_samples)
+        # the auxiliary heads run first: their positives are decoded in the
+        # main queries' decoder pass (query_head.joint_decoding)
+        losses, pos_query_losses = self.query_head.loss_with_aux(
+            plan, pos_coords, batch_data_samples)
         losses.update(aux_losses)
-        losses.update(
-            self.query_head.loss_aux(outs, pos_coords, batch_data_samples))
+        losses.update(pos_query_losses)
         return losses
 
     def aux_heads_loss(self, pyramid: Tuple[Tensor, ...],

@@ -50,6 +50,10 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         with_aux_pyramid (bool): Build the ``downsample`` that completes the
             auxiliary heads' pyramid; set by ``CoDETR`` (False without
             auxiliary heads). Defaults to True.
+        joint_decoding (bool): In training, decode the main queries and
+            the positive queries in one decoder pass (the same values up to
+            the order of floating-point sums; docs/design.md, speed-ups);
+            False decodes them in two passes, as released. Defaults to True.
         **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``,
             ``embed_dims``, losses, ``train_cfg``, ``test_cfg``...). The
@@ -65,6 +69,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
                  max_pos_coords: int = 300,
                  lambda_1: float = 1.0,
                  with_aux_pyramid: bool = True,
+                 joint_decoding: bool = True,
                  **kwargs) -> None:
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
@@ -76,7 +81,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         num_dec_layers = transformer['decoder']['num_layers']
         two_stage = transformer_class(transformer).as_two_stage
         self._init_co_attrs(num_query, max_pos_coords, lambda_1,
-                            with_aux_pyramid)
+                            with_aux_pyramid, joint_decoding)
         if positional_encoding is None:
             positional_encoding = dict(
                 num_feats=128, normalize=True, offset=-0.5)
@@ -112,15 +117,16 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         super().init_weights()
         self.transformer.init_weights()
 
-    def forward_transformer(self, mlvl_feats: Sequence[Tensor],
-                            batch_data_samples: SampleList) -> Dict:
-        """Encoder, query selection and decoder for the main queries.
+    def prepare_decoding(self, mlvl_feats: Sequence[Tensor],
+                         batch_data_samples: SampleList) -> Dict:
+        """Encoder and query selection (two-stage: the encoder proposals'
+        scores and boxes for the encoder loss, otherwise None).
 
         Returns:
-            dict: The outputs of :meth:`encode` plus ``hidden_states``
-            (num_layers, bs, num_query, dim), ``references`` (list of
-            num_layers + 1 tensors (bs, num_query, 4)), ``enc_outputs_class``
-            and ``enc_outputs_coord``.
+            dict: The outputs of :meth:`encode`, ``enc_outputs_class``,
+            ``enc_outputs_coord`` and ``decoder_inputs`` (``query``,
+            ``reference_points``, and ``query_pos`` where the transformer
+            gives it), as :meth:`CoQueryHeadMixin.prepare_decoding`.
         """
         enc = self.encode(mlvl_feats, batch_data_samples)
         query_embedding = getattr(self, 'query_embedding', None)
@@ -128,13 +134,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
             self.cls_branches, self.reg_branches,
             None if query_embedding is None else query_embedding.weight)
-        hidden_states, references = self.transformer.forward_decoder(
-            **decoder_inputs, **enc, reg_branches=self.reg_branches)
-        return dict(
-            enc,
-            hidden_states=hidden_states,
-            references=references,
-            **enc_outputs)
+        return dict(enc, decoder_inputs=decoder_inputs, **enc_outputs)
 
     def forward(self, hidden_states: Tensor,
                 references: List[Tensor]) -> Tuple[Tensor, Tensor]:

@@ -100,6 +100,9 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             Defaults to 1.0.
         with_aux_pyramid (bool): Build the ``downsample``; set by ``CoDETR``.
             Defaults to True.
+        joint_decoding (bool): In training, decode the denoising, matching
+            and positive queries in one decoder pass (as
+            :class:`CoDeformDETRHead`). Defaults to True.
         **kwargs: ``DINOHead`` arguments (``num_classes``, ``embed_dims``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``, losses,
             ``train_cfg``, ``test_cfg``...). The prediction-layer layout
@@ -118,6 +121,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
                  max_pos_coords: int = 300,
                  lambda_1: float = 1.0,
                  with_aux_pyramid: bool = True,
+                 joint_decoding: bool = True,
                  **kwargs) -> None:
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
@@ -127,7 +131,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         transformer = dict(transformer)
         num_dec_layers = transformer['decoder']['num_layers']
         self._init_co_attrs(num_query, max_pos_coords, lambda_1,
-                            with_aux_pyramid)
+                            with_aux_pyramid, joint_decoding)
         if positional_encoding is None:
             positional_encoding = dict(
                 num_feats=128, normalize=True, temperature=20)
@@ -197,18 +201,19 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             all_coords.append(coords.sigmoid())
         return torch.stack(all_cls), torch.stack(all_coords)
 
-    def forward_transformer(self, mlvl_feats: Sequence[Tensor],
-                            batch_data_samples: SampleList) -> Dict:
-        """Encoder, query selection and decoder; in training mode with
-        ground truth, denoising queries are decoded with the matching ones.
+    def prepare_decoding(self, mlvl_feats: Sequence[Tensor],
+                         batch_data_samples: SampleList) -> Dict:
+        """Encoder, query selection and, in training mode with ground
+        truth, the denoising queries (placed before the matching ones).
 
         Returns:
-            dict: The outputs of :meth:`encode` plus ``hidden_states``
-            (num_layers, bs, num_dn + num_query, dim), ``references`` (list
-            of num_layers + 1 tensors (bs, num_dn + num_query, 4)),
-            ``enc_outputs_class`` (bs, num_query, num_classes),
-            ``enc_outputs_coord`` (bs, num_query, 4) and ``dn_meta`` (None
-            without denoising).
+            dict: The outputs of :meth:`encode`, ``enc_outputs_class``
+            (bs, num_query, num_classes), ``enc_outputs_coord`` (bs,
+            num_query, 4), ``dn_meta`` (None without denoising) and
+            ``decoder_inputs`` (``query`` and ``reference_points`` of the
+            num_dn + num_query queries, ``self_attn_mask`` (num_dn +
+            num_query, num_dn + num_query) or None), as
+            :meth:`CoQueryHeadMixin.prepare_decoding`.
         """
         enc = self.encode(mlvl_feats, batch_data_samples)
         dn_label_query = dn_bbox_query = dn_mask = dn_meta = None
@@ -220,43 +225,31 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
             self.cls_branches, self.reg_branches, dn_label_query,
             dn_bbox_query)
-        hidden_states, references = self.transformer.forward_decoder(
-            **decoder_inputs,
-            **enc,
-            reg_branches=self.reg_branches,
-            self_attn_mask=dn_mask)
-        if dn_label_query is not None and dn_label_query.size(1) == 0:
-            # No ground truth in the batch: the label embedding gets no
-            # gradient, which DDP without find_unused_parameters rejects.
-            hidden_states = hidden_states + \
-                self.dn_query_generator.label_embedding.weight[0, 0] * 0.0
         return dict(
             enc,
-            hidden_states=hidden_states,
-            references=references,
+            decoder_inputs=dict(decoder_inputs, self_attn_mask=dn_mask),
             dn_meta=dn_meta,
             **enc_outputs)
 
-    def loss_by_outputs(self, outs: Dict,
-                        batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Main, encoder and denoising losses (``dn_loss_*`` for the last
-        layer, ``d{i}.dn_loss_*`` for the others).
+    def _hidden_states(self, plan: Dict, hidden_states: Tensor) -> Tensor:
+        """The hidden states, tied to the label embedding when the batch
+        has no ground truth: the embedding then gets no gradient, which
+        DDP without ``find_unused_parameters`` rejects."""
+        dn_meta = plan['dn_meta']
+        if dn_meta is not None and dn_meta['num_denoising_queries'] == 0:
+            hidden_states = hidden_states + \
+                self.dn_query_generator.label_embedding.weight[0, 0] * 0.0
+        return hidden_states
 
-        Args:
-            outs (dict): Output of :meth:`forward_transformer` in training
-                mode.
-            batch_data_samples (list[DetDataSample]): Ground truth and metas.
-
-        Returns:
-            dict[str, Tensor]: The head's losses.
-        """
+    def _extra_loss_inputs(self, outs: Dict) -> tuple:
+        """DINO's ``loss_by_feat`` takes ``dn_meta`` last: the main,
+        encoder and denoising losses (``dn_loss_*`` for the last layer,
+        ``d{i}.dn_loss_*`` for the others) of :meth:`loss_by_outputs`."""
         if outs['dn_meta'] is None:
             raise RuntimeError('CoDINOHead losses need denoising queries: '
                                'run forward_transformer in training mode '
                                'on samples with gt_instances')
-        return self.loss(outs['hidden_states'], outs['references'],
-                         outs['enc_outputs_class'], outs['enc_outputs_coord'],
-                         batch_data_samples, outs['dn_meta'])
+        return (outs['dn_meta'], )
 
     def loss_dn(self, all_layers_denoising_cls_scores: Tensor,
                 all_layers_denoising_bbox_preds: Tensor,

@@ -8,7 +8,7 @@ targets (docs/design.md, data flow and positive queries).
 those parts once; each head combines it with the mmdet head whose matching,
 losses and post-processing it reuses (``DeformableDETRHead``, ``DINOHead``).
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.layers import inverse_sigmoid
@@ -42,12 +42,14 @@ class CoQueryHeadMixin:
     ref_eps: float = 1e-5
 
     def _init_co_attrs(self, num_query: int, max_pos_coords: int,
-                       lambda_1: float, with_aux_pyramid: bool) -> None:
+                       lambda_1: float, with_aux_pyramid: bool,
+                       joint_decoding: bool) -> None:
         """Store the Co-DETR settings shared by all query heads."""
         self.num_query = num_query
         self.max_pos_coords = max_pos_coords
         self.lambda_1 = lambda_1
         self.with_aux_pyramid = with_aux_pyramid
+        self.joint_decoding = joint_decoding
 
     def _init_aux_pyramid(self) -> None:
         """The stride-2 conv + GN that adds the coarsest pyramid level."""
@@ -81,6 +83,60 @@ class CoQueryHeadMixin:
             mlvl_feats, batch_data_samples)
         memory = self.transformer.forward_encoder(**encoder_inputs)['memory']
         return dict(decoder_inputs, memory=memory)
+
+    def prepare_decoding(self, mlvl_feats: Sequence[Tensor],
+                         batch_data_samples: SampleList) -> Dict:
+        """Encoder and query selection: everything up to the decoder
+        (implemented by each head).
+
+        Returns:
+            dict: The outputs of :meth:`encode`, the encoder outputs for the
+            loss (``enc_outputs_class``, ``enc_outputs_coord``), the head's
+            own entries (e.g. ``dn_meta``) and ``decoder_inputs``: the main
+            queries' keyword arguments of the transformer's
+            ``forward_decoder`` (``query``, ``reference_points``, optionally
+            ``query_pos`` and ``self_attn_mask``).
+        """
+        raise NotImplementedError
+
+    def forward_transformer(self, mlvl_feats: Sequence[Tensor],
+                            batch_data_samples: SampleList) -> Dict:
+        """Encoder, query selection and decoder for the main queries.
+
+        Returns:
+            dict: :meth:`prepare_decoding`'s entries but ``decoder_inputs``,
+            plus ``hidden_states`` (num_layers, bs, num_queries, dim) and
+            ``references`` (list of num_layers + 1 tensors (bs,
+            num_queries, 4), normalised (cx, cy, w, h)).
+        """
+        plan = self.prepare_decoding(mlvl_feats, batch_data_samples)
+        hidden_states, references = self.transformer.forward_decoder(
+            **plan['decoder_inputs'],
+            **self._memory_inputs(plan),
+            reg_branches=self.reg_branches)
+        return self._decoded(plan, hidden_states, references)
+
+    @staticmethod
+    def _memory_inputs(plan: Dict) -> Dict:
+        """The memory and its layout, as every decoder pass takes them."""
+        keys = ('memory', 'memory_mask', 'spatial_shapes',
+                'level_start_index', 'valid_ratios')
+        return {key: plan[key] for key in keys}
+
+    def _decoded(self, plan: Dict, hidden_states: Tensor,
+                 references: List[Tensor]) -> Dict:
+        """:meth:`forward_transformer`'s output from a plan and the main
+        queries' decoder outputs."""
+        outs = {k: v for k, v in plan.items() if k != 'decoder_inputs'}
+        return dict(
+            outs,
+            hidden_states=self._hidden_states(plan, hidden_states),
+            references=references)
+
+    def _hidden_states(self, plan: Dict, hidden_states: Tensor) -> Tensor:
+        """The decoder's hidden states as the branches take them (a head
+        may adjust them; here unchanged)."""
+        return hidden_states
 
     def memory_to_pyramid(self, memory: Tensor,
                           mlvl_feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
@@ -118,20 +174,40 @@ class CoQueryHeadMixin:
         pyramid.append(self.downsample(pyramid[-1]))
         return tuple(pyramid)
 
-    def loss_by_outputs(self, outs: Dict,
-                        batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Main and encoder losses from :meth:`forward_transformer`'s output.
+    def loss_by_outputs(
+            self,
+            outs: Dict,
+            batch_data_samples: SampleList,
+            predictions: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Dict[str, Tensor]:
+        """Main and encoder losses from :meth:`forward_transformer`'s output
+        (mmdet's ``loss`` of the head, the branches applied here unless
+        given).
 
         Args:
             outs (dict): Output of ``forward_transformer``.
             batch_data_samples (list[DetDataSample]): Ground truth and metas.
+            predictions (tuple[Tensor, Tensor], optional): The head's
+                ``forward`` of ``outs``, when already computed: logits
+                (num_layers, bs, num_queries, num_classes) and boxes
+                (num_layers, bs, num_queries, 4).
 
         Returns:
             dict[str, Tensor]: The head's one-to-one losses.
         """
-        return self.loss(outs['hidden_states'], outs['references'],
-                         outs['enc_outputs_class'], outs['enc_outputs_coord'],
-                         batch_data_samples)
+        if predictions is None:
+            predictions = self(outs['hidden_states'], outs['references'])
+        batch_gt_instances = [s.gt_instances for s in batch_data_samples]
+        batch_img_metas = [s.metainfo for s in batch_data_samples]
+        return self.loss_by_feat(*predictions, outs['enc_outputs_class'],
+                                 outs['enc_outputs_coord'],
+                                 batch_gt_instances, batch_img_metas,
+                                 *self._extra_loss_inputs(outs))
+
+    def _extra_loss_inputs(self, outs: Dict) -> tuple:
+        """Arguments of the head's ``loss_by_feat`` after the image metas
+        (none here; DINO's ``dn_meta``)."""
+        return ()
 
     def loss_by_feat(self, all_layers_cls_scores: Tensor,
                      all_layers_bbox_preds: Tensor, enc_cls_scores: Tensor,
@@ -168,6 +244,71 @@ class CoQueryHeadMixin:
             torch.nan_to_num(bbox_pred.detach(), 0.5, 1.0, 0.0), gt_instances,
             img_meta)
 
+    def loss_with_aux(
+        self, plan: Dict, pos_coords: Sequence[PositiveCoords],
+        batch_data_samples: SampleList
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Main, encoder and positive-query losses of a training step.
+
+        With ``joint_decoding`` (the default) the main queries and all
+        positive-query sets are decoded in one decoder pass and go through
+        the branches once (:meth:`~.AuxQueryDecoding.forward_with_aux`:
+        each block of queries is decoded as if alone); otherwise the main
+        queries are decoded first and the sets in a second pass
+        (:meth:`loss_aux`), as the released code does. Either way the
+        losses are the same up to the order of floating-point sums.
+
+        Args:
+            plan (dict): Output of :meth:`prepare_decoding`.
+            pos_coords (Sequence[PositiveCoords]): Positives of auxiliary
+                heads 0..K-1 (none: the main queries alone).
+            batch_data_samples (list[DetDataSample]): Ground truth and metas.
+
+        Returns:
+            tuple[dict, dict]: The one-to-one losses
+            (:meth:`loss_by_outputs`) and the positive queries' losses
+            (:meth:`loss_aux`).
+        """
+        if not (pos_coords and self.joint_decoding):
+            hidden_states, references = self.transformer.forward_decoder(
+                **plan['decoder_inputs'],
+                **self._memory_inputs(plan),
+                reg_branches=self.reg_branches)
+            outs = self._decoded(plan, hidden_states, references)
+            return (self.loss_by_outputs(outs, batch_data_samples),
+                    self.loss_aux(outs, pos_coords, batch_data_samples))
+        batch_img_metas = [s.metainfo for s in batch_data_samples]
+        targets = self._aux_targets(pos_coords, batch_img_metas)
+        hidden_states, references = self.transformer.forward_with_aux(
+            plan['decoder_inputs'], [t.coords for t in targets],
+            [t.feats for t in targets],
+            **self._memory_inputs(plan),
+            reg_branches=self.reg_branches)
+        hidden_states = self._hidden_states(plan, hidden_states)
+        # the branches once for all queries (they act per query)
+        all_cls_scores, all_bbox_preds = self(hidden_states, references)
+        num_main = plan['decoder_inputs']['query'].size(1)
+        outs = {k: v for k, v in plan.items() if k != 'decoder_inputs'}
+        outs.update(
+            hidden_states=hidden_states[:, :, :num_main],
+            references=[ref[:, :num_main] for ref in references])
+        main_losses = self.loss_by_outputs(
+            outs, batch_data_samples,
+            (all_cls_scores[:, :, :num_main], all_bbox_preds[:, :, :num_main]))
+        aux_losses = self.loss_aux_by_feat(all_cls_scores[:, :, num_main:],
+                                           all_bbox_preds[:, :, num_main:],
+                                           targets, batch_img_metas)
+        return main_losses, aux_losses
+
+    def _aux_targets(self, pos_coords: Sequence[PositiveCoords],
+                     batch_img_metas: List[dict]) -> List[AuxQueryTargets]:
+        """Queries and targets of every positive set (docs/design.md,
+        positive queries)."""
+        return [
+            build_aux_targets(coords, batch_img_metas, self.num_classes,
+                              self.max_pos_coords) for coords in pos_coords
+        ]
+
     def loss_aux(self, enc: Dict, pos_coords: Sequence[PositiveCoords],
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """One-to-many losses of the customised positive queries
@@ -196,10 +337,7 @@ class CoQueryHeadMixin:
         if not pos_coords:
             return dict()
         batch_img_metas = [s.metainfo for s in batch_data_samples]
-        targets = [
-            build_aux_targets(coords, batch_img_metas, self.num_classes,
-                              self.max_pos_coords) for coords in pos_coords
-        ]
+        targets = self._aux_targets(pos_coords, batch_img_metas)
         hidden_states, references = self.transformer.forward_aux(
             [t.coords for t in targets], [t.feats for t in targets],
             enc['memory'],

@@ -6,8 +6,9 @@ methods of its ``DeformableDETR`` detector. Co-DETR needs the transformer as
 a module of its own (the query head owns it, and the auxiliary decoding
 reuses it), so :class:`CoTransformerBase` hosts the same parameters under the
 same names and reuses mmdet's stage functions unchanged. Subclasses add the
-query selection (``pre_decoder``), their decoder and the decoding of the
-customised positive queries (``forward_aux``).
+query selection (``pre_decoder``), their decoder and the customised positive
+queries of their family (``aux_query_set``, decoded by
+:class:`~.aux_query_decoding.AuxQueryDecoding`).
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
@@ -22,13 +23,15 @@ from torch import Tensor, nn
 
 from ..precision.dtypes import compute_dtype
 from ..task_modules.level_shapes import host_level_sizes, level_shape_tensors
+from .aux_query_decoding import AuxQueryDecoding
 from .co_deformable_detr_layers import CoDeformableDetrTransformerEncoder
 from .sine_encoding import CoSinePositionalEncoding, proposal_pos_embed
 
 
-class CoTransformerBase(BaseModule):
+class CoTransformerBase(AuxQueryDecoding, BaseModule):
     """Positional encoding, deformable encoder, two-stage proposals and the
-    decoder of a Co-DETR query head.
+    decoder of a Co-DETR query head; the positive queries' decoding comes
+    from :class:`AuxQueryDecoding`.
 
     Parameter names follow mmdet's ``DeformableDETR`` (``level_embed``,
     ``memory_trans_fc``, ...), so its stage functions can be reused.
@@ -358,96 +361,3 @@ class CoTransformerBase(BaseModule):
             reg_branches=reg_branches,
             **kwargs)
         return hidden_states, [reference_points, *inter_refs]
-
-    def aux_query_set(self, head_id: int, coords: Tensor,
-                      feats: Tensor) -> Dict[str, Tensor]:
-        """The decoder inputs of one auxiliary head's positive queries
-        (implemented by subclasses; docs/design.md, positive queries).
-
-        Args:
-            head_id (int): The auxiliary head (selects its projections).
-            coords (Tensor): Its positive boxes, (bs, N, 4) normalised
-                (cx, cy, w, h): the queries' reference boxes.
-            feats (Tensor): Their features, (bs, N, dim).
-
-        Returns:
-            dict[str, Tensor]: ``query`` (bs, N, dim) and, for decoders that
-            take them, ``query_pos`` (bs, N, dim).
-        """
-        raise NotImplementedError
-
-    def forward_aux(
-            self,
-            aux_coords: Sequence[Tensor],
-            aux_feats: Sequence[Tensor],
-            memory: Tensor,
-            memory_mask: Optional[Tensor],
-            spatial_shapes: Tensor,
-            level_start_index: Tensor,
-            valid_ratios: Tensor,
-            reg_branches: nn.ModuleList,
-            head_ids: Optional[Sequence[int]] = None) -> Tuple[Tensor, list]:
-        """Decode the customised positive queries of every auxiliary head.
-
-        Set k's queries come from its boxes (and features) through head k's
-        projections (:meth:`aux_query_set`); its boxes are the reference
-        boxes. All sets are decoded in one pass, concatenated along the
-        query axis; a block-diagonal self-attention mask keeps them apart,
-        so each set is decoded as if alone (deformable cross-attention and
-        the FFNs act per query). The memory is the encoder output already
-        computed for the main queries, and the main queries are not part of
-        this pass.
-
-        Args:
-            aux_coords (Sequence[Tensor]): Per set k, normalised
-                (cx, cy, w, h) boxes, (bs, N_k, 4).
-            aux_feats (Sequence[Tensor]): Per set k, features (bs, N_k, dim).
-            memory ... valid_ratios: As in :meth:`forward_decoder`.
-            reg_branches (nn.ModuleList): Per-layer regression branches.
-            head_ids (Sequence[int], optional): The auxiliary head of each
-                set; defaults to 0, 1, ...
-
-        Returns:
-            tuple[Tensor, list[Tensor]]: As :meth:`forward_decoder`, with
-            sum(N_k) queries in the order of the sets.
-        """
-        head_ids = range(len(aux_coords)) if head_ids is None else head_ids
-        sets = [
-            self.aux_query_set(k, coords, feats)
-            for k, coords, feats in zip(head_ids, aux_coords, aux_feats)
-        ]
-        inputs = {
-            name: torch.cat([s[name] for s in sets], dim=1)
-            for name in sets[0]
-        }
-        return self.forward_decoder(
-            reference_points=torch.cat(list(aux_coords), dim=1),
-            memory=memory,
-            memory_mask=memory_mask,
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
-            reg_branches=reg_branches,
-            self_attn_mask=self.block_diagonal_mask(
-                [coords.size(1) for coords in aux_coords], memory.device),
-            **inputs)
-
-    @staticmethod
-    def block_diagonal_mask(set_sizes, device) -> Optional[Tensor]:
-        """Self-attention mask that keeps concatenated query sets apart.
-
-        Args:
-            set_sizes (Sequence[int]): Number of queries of each set.
-            device: Device of the mask.
-
-        Returns:
-            Tensor, optional: (sum, sum) bool, True where attention is
-            blocked (a query of another set); None for a single set.
-        """
-        if len(set_sizes) < 2:
-            return None
-        set_ids = torch.cat([
-            torch.full((size, ), k, device=device)
-            for k, size in enumerate(set_sizes)
-        ])
-        return set_ids[:, None] != set_ids[None, :]
