@@ -24,8 +24,10 @@ def test_stages_of_a_co_detr_step_are_labelled_and_restored():
     result = profile_step(model, step, steps=2)
     assert len(calls) == 3  # one warm-up outside the profile
     expected = {
-        'CoDETR.extract_feat', 'CoDeformDETRHead.forward_transformer',
-        'CoDeformDETRHead.loss_by_outputs', 'CoDeformDETRHead.loss_aux',
+        'CoDETR.extract_feat', 'CoDeformDETRHead.prepare_decoding',
+        'CoDeformableDetrTransformer.forward_decoder',
+        'CoDeformDETRHead.loss_by_outputs',
+        'CoDeformDETRHead.loss_aux_by_feat',
         'CoDETR.rpn_loss_and_proposals',
         'CoStandardRoIHead.loss_and_pos_coords',
         'CoATSSHead.loss_and_pos_coords', 'backward', 'optimizer'
@@ -35,6 +37,7 @@ def test_stages_of_a_co_detr_step_are_labelled_and_restored():
     assert 0 < total <= result['wall_ms'] * 1.01
     assert all(s['host_ms'] > 0 for s in result['stages'].values())
     # the labelling wrappers are gone: the methods are the classes' again
-    assert 'loss_aux' not in vars(model.query_head)
+    assert 'loss_aux_by_feat' not in vars(model.query_head)
+    assert 'forward_decoder' not in vars(model.query_head.transformer)
     assert 'extract_feat' not in vars(model)
     assert 'profile of tiny' in format_profile('tiny', result)

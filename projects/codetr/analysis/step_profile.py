@@ -34,12 +34,16 @@ def stage_methods(model) -> List[Tuple[object, str]]:
     """(object, method name) of each stage of a CoDETR training step."""
     # mmdet's own CoDETR (projects/CO-DETR) has other stages
     if type(model).__name__ != 'CoDETR' or not hasattr(
-            model.query_head, 'forward_transformer'):
+            model.query_head, 'prepare_decoding'):
         return [(model, 'extract_feat')]
+    # encoder and query selection; the decoder pass (main and positive
+    # queries together, or one pass each); the one-to-one losses; the
+    # positive queries' losses
     targets = [(model, 'extract_feat'),
-               (model.query_head, 'forward_transformer'),
+               (model.query_head, 'prepare_decoding'),
+               (model.query_head.transformer, 'forward_decoder'),
                (model.query_head, 'loss_by_outputs'),
-               (model.query_head, 'loss_aux')]
+               (model.query_head, 'loss_aux_by_feat')]
     if getattr(model, 'rpn_head', None) is not None:
         targets.append((model, 'rpn_loss_and_proposals'))
     for head in list(model.roi_head) + list(model.bbox_head):
