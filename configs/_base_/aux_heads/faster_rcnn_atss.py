@@ -99,8 +99,9 @@ model = dict(
                     min_pos_iou=0.5,
                     match_low_quality=False,
                     ignore_iof_thr=-1),
+                # mmdet's RandomSampler drawing on the device's generator
                 sampler=dict(
-                    type='RandomSampler',
+                    type='DeviceRandomSampler',
                     num=512,
                     pos_fraction=0.25,
                     neg_pos_ub=-1,

@@ -4,14 +4,17 @@ that caches, a MaxIoU assigner without device reads, the ATSS assignment of
 a whole batch at once), the RPN/ATSS losses over all levels at once, and
 the level shapes the transformer and mmcv's deformable attention share.
 Each is checked against the mmdet component it replaces (see
-``docs/design.md``, "Speed-ups")."""
+``docs/design.md``, "Speed-ups"). Besides, a random sampler with
+mmdet's distribution that draws from the device's generator."""
 from .batched_atss_assigner import BatchedATSSAssigner
 from .cached_anchor_generator import CachedAnchorGenerator
+from .device_random_sampler import DeviceRandomSampler
 from .level_batching import levels_side_by_side
 from .level_shapes import host_level_sizes, level_shape_tensors
 from .sync_free_max_iou_assigner import SyncFreeMaxIoUAssigner
 
 __all__ = [
-    'BatchedATSSAssigner', 'CachedAnchorGenerator', 'SyncFreeMaxIoUAssigner',
-    'host_level_sizes', 'level_shape_tensors', 'levels_side_by_side'
+    'BatchedATSSAssigner', 'CachedAnchorGenerator', 'DeviceRandomSampler',
+    'SyncFreeMaxIoUAssigner', 'host_level_sizes', 'level_shape_tensors',
+    'levels_side_by_side'
 ]
