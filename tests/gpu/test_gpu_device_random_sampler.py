@@ -37,3 +37,27 @@ def test_cuda_draws_leave_the_cpu_generator_and_not_depend_on_size():
     cpu_a, _ = states_after(RandomSampler, 100)
     cpu_b, _ = states_after(RandomSampler, 3000)
     assert not torch.equal(cpu_a, cpu_b)
+
+
+def test_cuda_state_after_sampling_does_not_depend_on_the_counts():
+    """Positives below the wanted number (mmdet would not draw) and above
+    it: the CUDA generator ends in the same state."""
+    from mmdet.models.task_modules import AssignResult
+    from mmengine.structures import InstanceData
+
+    def state_after(num_pos):
+        gt_inds = torch.zeros(2000, dtype=torch.long, device='cuda')
+        gt_inds[:num_pos] = 1
+        assign = AssignResult(1, gt_inds, torch.ones(2000, device='cuda'),
+                              torch.zeros(2000, device='cuda'))
+        torch.manual_seed(0)
+        priors = torch.rand(2000, 4, device='cuda')
+        gts = InstanceData(bboxes=torch.zeros(1, 4, device='cuda'),
+                           labels=torch.zeros(1, dtype=torch.long,
+                                              device='cuda'))
+        sampler().sample(assign, InstanceData(priors=priors), gts)
+        return torch.get_rng_state(), torch.cuda.get_rng_state()
+
+    cpu_a, cuda_a = state_after(5)
+    cpu_b, cuda_b = state_after(700)
+    assert torch.equal(cpu_a, cpu_b) and torch.equal(cuda_a, cuda_b)

@@ -114,3 +114,32 @@ def test_roi_head_takes_all_positives_as_mmdet():
     _, ref = head.loss_and_pos_coords(x, proposals, batch)
     assert positives(ours) == positives(ref)
     assert all(2 <= len(p) < 16 for p in positives(ours))
+
+
+@pytest.mark.parametrize('num_pos', [0, 3, 16, 40])
+def test_one_draw_per_group_whatever_the_count(monkeypatch, num_pos):
+    """Positives below the wanted 16 (all taken, as mmdet) and above it,
+    negatives above their wanted count: one key draw per group each time,
+    so the generator advances alike for any count."""
+    from mmdet.models.task_modules import AssignResult
+    gt_inds = torch.zeros(200, dtype=torch.long)
+    gt_inds[:num_pos] = 1
+    assign = AssignResult(1, gt_inds, torch.ones(200), torch.zeros(200))
+    priors = torch.rand(200, 4) * 10
+    sampler_ = DeviceRandomSampler(
+        num=64, pos_fraction=0.25, add_gt_as_proposals=False)
+    draws = []
+    rand = torch.rand
+    monkeypatch.setattr(torch, 'rand',
+                        lambda *a, **k: draws.append(1) or rand(*a, **k))
+    result = sampler_.sample(
+        assign, InstanceData(priors=priors),
+        InstanceData(bboxes=torch.zeros(1, 4), labels=torch.zeros(1).long()))
+    assert len(draws) == 2
+    # all positives when at most 16 (mmdet's), else 16 of them
+    if num_pos <= 16:
+        assert result.pos_inds.tolist() == list(range(num_pos))
+    assert len(result.pos_inds) == min(num_pos, 16)
+    assert (gt_inds[result.pos_inds] == 1).all()
+    assert len(result.neg_inds) == 64 - len(result.pos_inds)
+    assert (gt_inds[result.neg_inds] == 0).all()

@@ -11,7 +11,7 @@ from typing import Union
 
 import numpy as np
 import torch
-from mmdet.models.task_modules import RandomSampler
+from mmdet.models.task_modules import AssignResult, RandomSampler
 from mmdet.registry import TASK_UTILS
 from torch import Tensor
 
@@ -37,11 +37,45 @@ class DeviceRandomSampler(RandomSampler):
     H200 with torch 2.11 advanced it by 4 for 540,672 keys, 8 for one
     more). A gallery holds at most an image's proposals and ground truths.
 
-    mmdet calls :meth:`random_choice` only for a group with more
-    candidates than wanted (negatives: in practice always; positives:
-    only beyond ``num * pos_fraction``), so the number of draws per image
-    is still mmdet's, one or two. Arguments are mmdet's.
+    mmdet draws only for a group with more candidates than wanted, so the
+    number of draws would still follow the counts (positives are drawn
+    only beyond ``num * pos_fraction``). :meth:`_sample_pos` and
+    :meth:`_sample_neg` draw their keys whatever the count, and discard
+    them when every candidate is taken (mmdet's result): two draws per
+    image, always. Arguments are mmdet's.
     """
+
+    def _sample_pos(self, assign_result: AssignResult, num_expected: int,
+                    **kwargs) -> Tensor:
+        """mmdet's positives (``gt_inds > 0``), drawn as :meth:`_draw`."""
+        return self._draw(assign_result.gt_inds > 0, num_expected)
+
+    def _sample_neg(self, assign_result: AssignResult, num_expected: int,
+                    **kwargs) -> Tensor:
+        """mmdet's negatives (``gt_inds == 0``), drawn as :meth:`_draw`."""
+        return self._draw(assign_result.gt_inds == 0, num_expected)
+
+    @staticmethod
+    def _draw(candidates: Tensor, num: int) -> Tensor:
+        """All candidates if at most ``num``, else ``num`` of them at random.
+
+        Args:
+            candidates (Tensor): (n_priors, ) bool.
+            num (int): How many to take.
+
+        Returns:
+            Tensor: (min(num, n), ) long indices of candidates; the sampler
+            sorts them (``unique``), as after mmdet's draws.
+        """
+        inds = torch.nonzero(candidates, as_tuple=False).view(-1)
+        # one draw of at least one key whatever n: the generator advances
+        # alike for every count (see the class docstring)
+        keys = torch.rand(
+            max(inds.numel(), 1), dtype=torch.float64,
+            device=inds.device)[:inds.numel()]
+        if inds.numel() <= num:
+            return inds
+        return inds[keys.topk(num).indices]
 
     def random_choice(self, gallery: Union[Tensor, np.ndarray, list],
                       num: int) -> Union[Tensor, np.ndarray]:
