@@ -24,11 +24,13 @@ from ..precision.dtypes import at_least_float32
 
 
 class CoQueryHeadMixin:
-    """Encoder pass, auxiliary pyramid and auxiliary-query losses.
+    """Encoder pass, decoder passes, auxiliary pyramid and the losses of
+    a training step.
 
     Mixed into a DETR head of mmdet (listed first among the bases). The host
-    class provides ``transformer`` (with ``pre_transformer``,
-    ``forward_encoder`` and ``forward_aux``), ``cls_branches``,
+    class provides :meth:`prepare_decoding`, ``transformer`` (with
+    ``pre_transformer``, ``forward_encoder``, ``forward_decoder``,
+    ``forward_aux`` and ``forward_with_aux``), ``cls_branches``,
     ``reg_branches``, ``loss_cls``/``loss_bbox``/``loss_iou``,
     ``num_classes``, ``sync_cls_avg_factor`` and the attributes set by
     :meth:`_init_co_attrs`.
