@@ -30,19 +30,28 @@ def _batch(model, num_boxes=(3, 2)):
     return inputs.double(), samples
 
 
-def _losses_and_grads(model, inputs, samples, joint):
-    """Losses, their gradients, and the number of decoder passes."""
+def _losses_and_grads(model, inputs, samples, joint, masks=None):
+    """Losses, their gradients, and the number of decoder passes (the
+    self-attention masks reaching the decoder appended to ``masks``)."""
     model.query_head.joint_decoding = joint
     passes = []
-    hook = model.query_head.transformer.decoder.register_forward_hook(
-        lambda *_: passes.append(1))
+
+    def record(module, args, kwargs):
+        passes.append(1)
+        if masks is not None:
+            masks.append(kwargs.get('self_attn_mask'))
+
+    hook = model.query_head.transformer.decoder.register_forward_pre_hook(
+        record, with_kwargs=True)
     try:
         model.zero_grad()
         torch.manual_seed(0)  # the same random samples in both runs
         losses = model.loss(inputs, samples)
     finally:
         hook.remove()
-    total = sum(v for k, v in losses.items() if 'loss' in k)
+    losses['rng_state'] = torch.get_rng_state().double()
+    total = sum(v for k, v in losses.items()
+                if 'loss' in k and k != 'rng_state')
     total.backward()
     grads = {
         name: p.grad.clone()
@@ -75,19 +84,76 @@ def test_one_pass_gives_the_losses_and_gradients_of_two(family):
             joint_grads[name], grad, rtol=1e-8, atol=1e-12, msg=name)
 
 
-def test_co_dino_without_ground_truth_decodes_in_one_pass():
-    """A batch without boxes has no denoising queries: the main block of
-    the mask is empty of them and the label embedding stays tied to the
-    loss (DDP without ``find_unused_parameters``)."""
+@pytest.mark.parametrize('num_boxes', [(0, 0), (3, 0)])
+def test_co_dino_with_images_without_ground_truth(num_boxes):
+    """A batch without boxes has no denoising queries, and the label
+    embedding stays tied to the loss (DDP without
+    ``find_unused_parameters``); one image without boxes pads its
+    denoising groups."""
     model = _double_model(CONFIGS['co_dino'])
-    inputs, samples = _batch(model, num_boxes=(0, 0))
+    inputs, samples = _batch(model, num_boxes=num_boxes)
     joint, grads, passes = _losses_and_grads(model, inputs, samples, True)
     apart, _, _ = _losses_and_grads(model, inputs, samples, False)
     assert passes == 1
+    assert list(joint) == list(apart)
     for key, value in apart.items():
         torch.testing.assert_close(
             joint[key], value, rtol=1e-10, atol=1e-12, msg=key)
     assert 'query_head.dn_query_generator.label_embedding.weight' in grads
+
+
+def test_the_joint_mask_keeps_the_denoising_mask_and_the_blocks():
+    """The mask the decoder receives: DINO's denoising mask in the main
+    block, each positive-query set in a block of its own, every other
+    pair blocked."""
+    model = _double_model(CONFIGS['co_dino'])
+    inputs, samples = _batch(model)
+    joint_masks, apart_masks = [], []
+    _losses_and_grads(model, inputs, samples, True, joint_masks)
+    _losses_and_grads(model, inputs, samples, False, apart_masks)
+    (joint, ), (main, aux) = joint_masks, apart_masks
+    num_main, num_aux = main.size(0), aux.size(0)
+    assert joint.shape == (num_main + num_aux, ) * 2
+    assert torch.equal(joint[:num_main, :num_main], main)
+    assert torch.equal(joint[num_main:, num_main:], aux)
+    assert joint[:num_main, num_main:].all()
+    assert joint[num_main:, :num_main].all()
+    assert main.any() and aux.any()  # denoising groups; two sets
+
+
+def test_without_positive_queries_one_pass_either_way():
+    """K = 0 and ``with_pos_coord=False`` decode the main queries alone."""
+    for cfg in (_k0_cfg(), _nopos_cfg()):
+        model = build_model(cfg).double().train()
+        inputs, samples = _batch(model)
+        for joint in (True, False):
+            losses, _, passes = _losses_and_grads(model, inputs, samples,
+                                                  joint)
+            assert passes == 1
+            assert not any('_aux' in key for key in losses)
+
+
+def _k0_cfg():
+    cfg = tiny_model_cfg()
+    cfg.rpn_head = cfg.roi_head = cfg.bbox_head = None
+    return cfg
+
+
+def _nopos_cfg():
+    cfg = tiny_model_cfg()
+    cfg.with_pos_coord = False
+    return cfg
+
+
+def test_different_decoder_inputs_are_refused():
+    transformer = _double_model(None).query_head.transformer
+    coords = torch.rand(1, 3, 4, dtype=torch.float64) * 0.5 + 0.25
+    feats = torch.rand(1, 3, 256, dtype=torch.float64)
+    main = dict(query=feats, reference_points=coords)  # no query_pos
+    with pytest.raises(ValueError, match='joint_decoding=False'):
+        transformer.forward_with_aux(main, [coords], [feats], *[None] * 6)
+    with pytest.raises(ValueError, match='at least one'):
+        transformer.forward_with_aux(main, [], [], *[None] * 6)
 
 
 def test_main_mask_is_kept_in_its_block():

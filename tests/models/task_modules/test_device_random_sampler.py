@@ -143,3 +143,28 @@ def test_one_draw_per_group_whatever_the_count(monkeypatch, num_pos):
     assert (gt_inds[result.pos_inds] == 1).all()
     assert len(result.neg_inds) == 64 - len(result.pos_inds)
     assert (gt_inds[result.neg_inds] == 0).all()
+
+
+def test_sample_picks_uniformly_in_both_groups():
+    """Through ``sample()`` (mmdet's entry point): 40 positives of which 16
+    are wanted, 160 negatives of which 48: each is picked with probability
+    16 / 40 and 48 / 160, within 5 binomial sigmas."""
+    from mmdet.models.task_modules import AssignResult
+    torch.manual_seed(0)
+    gt_inds = torch.zeros(200, dtype=torch.long)
+    gt_inds[torch.arange(0, 200, 5)] = 1  # 40 positives, spread out
+    assign = AssignResult(1, gt_inds, torch.ones(200), torch.zeros(200))
+    priors = InstanceData(priors=torch.rand(200, 4) * 10)
+    gts = InstanceData(bboxes=torch.zeros(1, 4), labels=torch.zeros(1).long())
+    sampler_ = DeviceRandomSampler(
+        num=64, pos_fraction=0.25, add_gt_as_proposals=False)
+    picked = torch.zeros(200)
+    draws = 2000
+    for _ in range(draws):
+        result = sampler_.sample(assign, priors, gts)
+        picked[result.pos_inds] += 1
+        picked[result.neg_inds] += 1
+    for group, p in ((gt_inds == 1, 16 / 40), (gt_inds == 0, 48 / 160)):
+        sigma = math.sqrt(draws * p * (1 - p))
+        deviation = (picked[group] - draws * p).abs().max()
+        assert deviation < SIGMAS * sigma, picked[group]

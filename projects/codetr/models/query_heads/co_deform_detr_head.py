@@ -23,7 +23,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
     transformer (so auxiliary decoding can reuse it), the content queries of
     mixed selection and the stride-2 ``downsample`` that completes the
     auxiliary pyramid; it adds the one-to-many loss of the customised
-    positive queries (:meth:`loss_aux`, shared with the other query heads
+    positive queries (:meth:`loss_with_aux`, shared with the other query heads
     through :class:`CoQueryHeadMixin`). Matching, main and encoder losses
     and post-processing are mmdet's, the losses of all decoder layers
     matched and reduced at once (:class:`BatchedMatchingDETRHead`).
@@ -52,7 +52,8 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             auxiliary heads). Defaults to True.
         joint_decoding (bool): In training, decode the main queries and
             the positive queries in one decoder pass (the same values up to
-            the order of floating-point sums; docs/design.md, speed-ups);
+            the order of floating-point sums with the configs' dropout of
+            0; docs/design.md, speed-ups);
             False decodes them in two passes, as released. Defaults to True.
         **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``,

@@ -102,7 +102,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             Defaults to True.
         joint_decoding (bool): In training, decode the denoising, matching
             and positive queries in one decoder pass (as
-            :class:`CoDeformDETRHead`). Defaults to True.
+            :class:`CoDeformDETRHead`; the same values up to the order of
+            floating-point sums with dropout 0). Defaults to True.
         **kwargs: ``DINOHead`` arguments (``num_classes``, ``embed_dims``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``, losses,
             ``train_cfg``, ``test_cfg``...). The prediction-layer layout
@@ -247,8 +248,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         ``d{i}.dn_loss_*`` for the others) of :meth:`loss_by_outputs`."""
         if outs['dn_meta'] is None:
             raise RuntimeError('CoDINOHead losses need denoising queries: '
-                               'run forward_transformer in training mode '
-                               'on samples with gt_instances')
+                               'run prepare_decoding in training mode on '
+                               'samples with gt_instances')
         return (outs['dn_meta'], )
 
     def loss_dn(self, all_layers_denoising_cls_scores: Tensor,

@@ -313,8 +313,11 @@ class CoQueryHeadMixin:
 
     def loss_aux(self, enc: Dict, pos_coords: Sequence[PositiveCoords],
                  batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """One-to-many losses of the customised positive queries
-        (docs/design.md, positive queries).
+        """One-to-many losses of the customised positive queries, decoded
+        in a pass of their own (docs/design.md, positive queries): the
+        second pass of :meth:`loss_with_aux` with ``joint_decoding=False``,
+        and the entry point for callers that decoded the main queries
+        already.
 
         The query sets of all auxiliary heads are decoded in one decoder
         pass: concatenated along the query axis, with a block-diagonal

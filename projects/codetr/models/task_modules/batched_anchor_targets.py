@@ -25,6 +25,8 @@ from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from .device_random_sampler import DeviceRandomSampler
+
 
 def supports_batched_targets(head, anchor_list: List[List[Tensor]],
                              batch_gt_instances_ignore: OptInstanceList,
@@ -51,7 +53,8 @@ def supports_batched_targets(head, anchor_list: List[List[Tensor]],
             and isinstance(assigner, MaxIoUAssigner)
             and assigner.perm_repeat_gt_cfg is None
             and type(assigner.iou_calculator) is BboxOverlaps2D
-            and type(sampler) is RandomSampler
+            # the same distribution, drawn here from device keys anyway
+            and type(sampler) in (RandomSampler, DeviceRandomSampler)
             and not sampler.add_gt_as_proposals)
 
 

@@ -119,7 +119,11 @@ class AuxQueryDecoding:
         (``self_attn_mask`` of ``decoder_inputs``, e.g. DINO's denoising
         groups; none: all see all), and no query sees another block. So
         each block is decoded as in a pass of its own: a masked key gets
-        an attention weight of exactly 0.
+        an attention weight of exactly 0. (With dropout, which the
+        configs set to 0, the masks would be drawn once for all blocks:
+        the same distribution, other draws. A non-finite value in one
+        block reaches the others through 0 x inf; only a diverging fp16
+        step makes one, and the loss scaler skips it.)
 
         Args:
             decoder_inputs (dict, optional): The main queries' inputs to
@@ -138,6 +142,10 @@ class AuxQueryDecoding:
             tuple[Tensor, list[Tensor]]: As ``forward_decoder``, with
             num_main + sum(N_k) queries: the main ones first.
         """
+        if not aux_coords:
+            raise ValueError('forward_with_aux needs at least one positive-'
+                             'query set; decode the main queries alone with '
+                             'forward_decoder')
         aux = self.aux_decoder_inputs(aux_coords, aux_feats, head_ids)
         sizes = [coords.size(1) for coords in aux_coords]
         inputs, main_mask, num_main = aux, None, 0

@@ -92,7 +92,7 @@ class CoDABDeformableDetrTransformer(CoTransformerBase):
     def aux_query_set(self, head_id: int, coords: Tensor,
                       feats: Tensor) -> Dict[str, Tensor]:
         """Head ``head_id``'s positive queries: the boxes are their anchors
-        (passed to the decoder by ``forward_aux``), the features through
+        (passed to the decoder by ``forward_with_aux``), the features through
         the head's projection their content. The decoder generates their
         positional queries from the anchors, as for the learnt queries, so
         no positional projection is learnt per head.

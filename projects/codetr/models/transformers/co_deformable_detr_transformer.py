@@ -9,7 +9,7 @@ mmdet's Deformable DETR stages). What Co-Deformable-DETR adds:
   and the layers use fp32 deformable sampling under autocast
   (``co_deformable_detr_layers``);
 - ``aux_query_set``: the customised positive queries (docs/design.md,
-  positive queries), decoded by the base's ``forward_aux``.
+  positive queries), decoded by ``AuxQueryDecoding.forward_with_aux``.
 """
 from typing import Dict, Optional, Tuple
 
