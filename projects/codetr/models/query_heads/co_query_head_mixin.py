@@ -111,18 +111,12 @@ class CoQueryHeadMixin:
             ``references`` (list of num_layers + 1 tensors (bs,
             num_queries, 4), normalised (cx, cy, w, h)).
         """
-        return self.decode(
-            self.prepare_decoding(mlvl_feats, batch_data_samples))
-
-    def decode(self, plan: Dict) -> Dict:
-        """The main queries of :meth:`prepare_decoding`'s plan through the
-        decoder alone; returns :meth:`forward_transformer`'s dict."""
+        plan = self.prepare_decoding(mlvl_feats, batch_data_samples)
         hidden_states, references = self.transformer.forward_decoder(
             **plan['decoder_inputs'],
             **self._memory_inputs(plan),
             reg_branches=self.reg_branches)
-        return self._decoded(plan, self._hidden_states(plan, hidden_states),
-                             references)
+        return self._decoded(plan, hidden_states, references)
 
     @staticmethod
     def _memory_inputs(plan: Dict) -> Dict:
@@ -137,7 +131,9 @@ class CoQueryHeadMixin:
         queries' decoder outputs."""
         outs = {k: v for k, v in plan.items() if k != 'decoder_inputs'}
         return dict(
-            outs, hidden_states=hidden_states, references=references)
+            outs,
+            hidden_states=self._hidden_states(plan, hidden_states),
+            references=references)
 
     def _hidden_states(self, plan: Dict, hidden_states: Tensor) -> Tensor:
         """The decoder's hidden states as the branches take them (a head
@@ -276,7 +272,11 @@ class CoQueryHeadMixin:
             (:meth:`loss_aux`).
         """
         if not (pos_coords and self.joint_decoding):
-            outs = self.decode(plan)
+            hidden_states, references = self.transformer.forward_decoder(
+                **plan['decoder_inputs'],
+                **self._memory_inputs(plan),
+                reg_branches=self.reg_branches)
+            outs = self._decoded(plan, hidden_states, references)
             return (self.loss_by_outputs(outs, batch_data_samples),
                     self.loss_aux(outs, pos_coords, batch_data_samples))
         batch_img_metas = [s.metainfo for s in batch_data_samples]
@@ -290,8 +290,10 @@ class CoQueryHeadMixin:
         # the branches once for all queries (they act per query)
         all_cls_scores, all_bbox_preds = self(hidden_states, references)
         num_main = plan['decoder_inputs']['query'].size(1)
-        outs = self._decoded(plan, hidden_states[:, :, :num_main],
-                             [ref[:, :num_main] for ref in references])
+        outs = {k: v for k, v in plan.items() if k != 'decoder_inputs'}
+        outs.update(
+            hidden_states=hidden_states[:, :, :num_main],
+            references=[ref[:, :num_main] for ref in references])
         main_losses = self.loss_by_outputs(
             outs, batch_data_samples,
             (all_cls_scores[:, :, :num_main], all_bbox_preds[:, :, :num_main]))
