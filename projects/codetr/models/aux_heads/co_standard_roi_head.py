@@ -13,6 +13,8 @@ from torch import Tensor
 
 from ..positive_coords import PositiveCoords
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
+from ..task_modules.batched_roi_targets import (batched_roi_targets,
+                                                check_batched_roi_config)
 
 
 @MODELS.register_module()
@@ -28,12 +30,30 @@ class CoStandardRoIHead(StandardRoIHead):
     Args:
         max_pos_coords (int): Upper bound of RoIs reported per image.
             Defaults to 2000 (above any sampler size, i.e. all of them).
+        batched_images (bool): Assign, sample and build the targets of all
+            images in one pass (:func:`batched_roi_targets`) instead of
+            mmdet's assigner, sampler and ``get_targets`` per image: the
+            same assignment, candidates, counts, order and targets, tensor
+            for tensor; the random subsets come from another random stream
+            (one ``torch.rand`` per step) with mmdet's distribution. One
+            read from the device (the RoIs per image) instead of several per
+            image. Needs mmdet's ``MaxIoUAssigner`` (or
+            ``SyncFreeMaxIoUAssigner``) and ``RandomSampler`` (or
+            ``DeviceRandomSampler``); others raise. Defaults to True; False
+            runs mmdet's per-image code.
         **kwargs: ``StandardRoIHead`` arguments.
     """
 
-    def __init__(self, *args, max_pos_coords: int = 2000, **kwargs) -> None:
+    def __init__(self,
+                 *args,
+                 max_pos_coords: int = 2000,
+                 batched_images: bool = True,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.max_pos_coords = max_pos_coords
+        self.batched_images = batched_images
+        if batched_images and self.train_cfg:
+            check_batched_roi_config(self.bbox_assigner, self.bbox_sampler)
         if not self.bbox_head.reg_decoded_bbox:
             raise ValueError('CoStandardRoIHead needs '
                              'bbox_head.reg_decoded_bbox=True: its targets '
@@ -92,6 +112,9 @@ class CoStandardRoIHead(StandardRoIHead):
             the pooling grid (bs, P, dim).
         """
         gt_instances, gt_ignore, _ = unpack_gt_instances(batch_data_samples)
+        if self.batched_images:
+            return self._batched_loss_and_pos_coords(x, rpn_results_list,
+                                                     gt_instances, gt_ignore)
         sampling_results = []
         for i, rpn_results in enumerate(rpn_results_list):
             # A new InstanceData, not mmdet's in-place rename of ``bboxes``:
@@ -116,16 +139,47 @@ class CoStandardRoIHead(StandardRoIHead):
             sampling_results=sampling_results,
             rcnn_train_cfg=self.train_cfg)
         labels, _, bbox_targets, _ = loss_and_target['bbox_targets']
-        pos_coords = self._pos_coords(sampling_results, labels, bbox_targets,
-                                      bbox_results['bbox_feats'])
+        pos_coords = self._pos_coords(
+            [len(res.priors) for res in sampling_results], rois, labels,
+            bbox_targets, bbox_results['bbox_feats'])
         return loss_and_target['loss_bbox'], pos_coords
 
-    def _pos_coords(self, sampling_results: List, labels: Tensor,
+    def _batched_loss_and_pos_coords(
+            self, x: Tuple[Tensor, ...], rpn_results_list: InstanceList,
+            gt_instances: InstanceList,
+            gt_ignore: InstanceList) -> Tuple[Dict, PositiveCoords]:
+        """:meth:`loss_and_pos_coords` with the targets of all images at
+        once (:func:`batched_roi_targets`); mmdet's RoI pooling and
+        ``bbox_head.loss``. Arguments and results are
+        :meth:`loss_and_pos_coords`'s."""
+        targets = batched_roi_targets(
+            self.bbox_assigner, self.bbox_sampler, self.bbox_head.num_classes,
+            self.train_cfg.pos_weight,
+            [res.bboxes for res in rpn_results_list], gt_instances, gt_ignore)
+        bbox_results = self._bbox_forward(x, targets.rois)
+        losses = self.bbox_head.loss(bbox_results['cls_score'],
+                                     bbox_results['bbox_pred'], targets.rois,
+                                     targets.labels, targets.label_weights,
+                                     targets.bbox_targets,
+                                     targets.bbox_weights)
+        return losses, self._pos_coords(targets.counts, targets.rois,
+                                        targets.labels, targets.bbox_targets,
+                                        bbox_results['bbox_feats'])
+
+    def _pos_coords(self, counts: List[int], rois: Tensor, labels: Tensor,
                     bbox_targets: Tensor,
                     bbox_feats: Tensor) -> PositiveCoords:
         """Stack the first P sampled RoIs of every image (docs/design.md,
-        positive queries)."""
-        counts = [len(res.priors) for res in sampling_results]
+        positive queries).
+
+        Args:
+            counts (list[int]): Sampled RoIs per image.
+            rois (Tensor): (sum(counts), 5) (image index, x1, y1, x2, y2),
+                image after image, each image's positives first.
+            labels (Tensor): (sum(counts), ) long.
+            bbox_targets (Tensor): (sum(counts), 4) absolute boxes.
+            bbox_feats (Tensor): (sum(counts), dim, 7, 7) pooled features.
+        """
         num = min(self.max_pos_coords, *counts)
         feats = bbox_feats.mean(dim=(2, 3))  # (num_rois, dim), not detached
 
@@ -134,8 +188,7 @@ class CoStandardRoIHead(StandardRoIHead):
             return torch.stack([part[:num] for part in t.split(counts)])
 
         return PositiveCoords(
-            coords=torch.stack([res.priors[:num]
-                                for res in sampling_results]).detach(),
+            coords=per_image(rois[:, 1:]).detach(),
             labels=per_image(labels),
             targets=per_image(bbox_targets),
             feats=per_image(feats),
