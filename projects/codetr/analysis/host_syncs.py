@@ -102,6 +102,48 @@ def count_host_reads(step) -> Tuple[collections.Counter, collections.Counter]:
     return by_op, by_line
 
 
+def count_cuda_syncs(step) -> collections.Counter:
+    """Run ``step()`` once on CUDA with PyTorch's sync debug mode and count
+    every synchronising call by the source line that made it.
+
+    Unlike :func:`count_host_reads` this sees what the CPU cannot show:
+    copies from pageable host memory (``new_tensor(list)``,
+    ``torch.tensor(..., device='cuda')``, ``.to('cuda')``), each of which
+    PyTorch follows with a wait for the stream, and device-to-host copies.
+
+    Returns:
+        Counter: Counts by source (:func:`source_of`'s format, the line
+        being the calling line here).
+    """
+    import traceback
+    import warnings
+    counts = collections.Counter()
+
+    def record(message, *args, **kwargs) -> None:
+        if 'synchroniz' not in str(message):
+            return
+        where = '(other)'
+        for frame in reversed(traceback.extract_stack()[:-1]):
+            path = frame.filename.replace('\\', '/')
+            source = next((s for s in SOURCES[:-1] if s in path), None)
+            if source and OWN not in path:
+                where = (f'{source}{path.split(source, 1)[1]}:'
+                         f'{frame.lineno} ({frame.name})')
+                break
+        counts[where] += 1
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return counts
+
+
 def report(config: str, size: Sequence[int], batch_size: int, boxes: int,
            top: int, device: str) -> None:
     """Count the host reads of one training step of ``config``'s model
@@ -143,3 +185,10 @@ def report(config: str, size: Sequence[int], batch_size: int, boxes: int,
     print(f'\ntop {top} source lines:')
     for (where, op), n in by_line.most_common(top):
         print(f'  {n:5d}  {op.split("::")[1]:24s} {where}')
+    if torch.device(device).type == 'cuda':
+        syncs = count_cuda_syncs(step)
+        print(f'\nCUDA sync debug mode: {sum(syncs.values())} synchronising '
+              'calls per step (host reads, data-dependent sizes and '
+              'blocking host-device copies); top source lines:')
+        for where, n in syncs.most_common(top):
+            print(f'  {n:5d}  {where}')

@@ -1,7 +1,8 @@
 """The Co-DETR detector: one query head trained together with one-to-many
 auxiliary heads on the encoder output."""
 import copy
-from typing import Callable, Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from mmdet.models.detectors import BaseDetector
@@ -10,6 +11,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import ModuleList
+from mmengine.utils import is_list_of
 from torch import Tensor
 
 from ..precision.dtypes import at_least_float32
@@ -176,6 +178,47 @@ class CoDETR(BaseDetector):
         losses.update(aux_losses)
         losses.update(pos_query_losses)
         return losses
+
+    def parse_losses(self, losses: Dict[str, Union[Tensor, List[Tensor]]]
+                     ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """mmengine's ``parse_losses`` with one sum for the total.
+
+        The same total (every entry whose key contains 'loss', lists summed)
+        and log variables as mmengine's, but the ~65 loss terms of a K=2
+        step are added by one ``stack().sum()`` instead of a chain of ~65
+        additions, and scalar terms skip the ``mean()`` that leaves them
+        unchanged: about 200 fewer kernel launches, forward and backward,
+        per training step on a GPU. Each term's gradient is still exactly
+        the total's (a sum), so every parameter gradient is unchanged; the
+        total itself may differ from mmengine's in its last bits (another
+        order of the additions).
+
+        Args:
+            losses (dict[str, Tensor | list[Tensor]]): :meth:`loss`'s
+                output.
+
+        Returns:
+            tuple[Tensor, dict[str, Tensor]]: The total loss (a 0-d tensor,
+            or 0 without loss keys, as mmengine), and ``loss`` followed by
+            every entry's mean, in ``losses``' order, for the logger.
+        """
+        log_vars = []
+        for name, value in losses.items():
+            if isinstance(value, Tensor):
+                log_vars.append(
+                    (name, value if value.dim() == 0 else value.mean()))
+            elif is_list_of(value, Tensor):
+                log_vars.append((name, sum(part.mean() for part in value)))
+            else:
+                raise TypeError(f'{name} is not a tensor or list of tensors')
+        terms = [value for name, value in log_vars if 'loss' in name]
+        total = 0
+        if terms:
+            # a 0-d CPU term (which an addition would accept) joins the
+            # others' device; mixed dtypes are promoted as by an addition
+            device = terms[0].device
+            total = torch.stack([term.to(device) for term in terms]).sum()
+        return total, OrderedDict([('loss', total)] + log_vars)
 
     def aux_heads_loss(self, pyramid: Tuple[Tensor, ...],
                        batch_data_samples: SampleList) -> Tuple[Dict, List]:

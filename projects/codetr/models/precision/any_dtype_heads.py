@@ -30,6 +30,7 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
+from ..device_copies import host_to_device
 from .dtypes import weights_dtype
 
 
@@ -124,8 +125,8 @@ class AnyDtypeDeltaXYWHBBoxCoder(DeltaXYWHBBoxCoder):
                               torch.log(gw / pw),
                               torch.log(gh / ph)],
                              dim=-1)
-        means = deltas.new_tensor(self.means).unsqueeze(0)
-        stds = deltas.new_tensor(self.stds).unsqueeze(0)
+        means = host_to_device(self.means, deltas).unsqueeze(0)
+        stds = host_to_device(self.stds, deltas).unsqueeze(0)
         return deltas.sub_(means).div_(stds)
 
 

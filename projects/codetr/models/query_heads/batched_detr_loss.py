@@ -36,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch import distributed as dist
 
+from ..device_copies import host_to_device
 from ..precision.dtypes import at_least_float32
 
 
@@ -154,9 +155,9 @@ class BatchedMatchingDETRHead(DETRHead):
             batch_img_metas (list[dict]): ``img_shape`` per image.
 
         Returns:
-            tuple[Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_iou``, each
-            (L, ), as ``DETRHead.loss_by_feat_single`` returns them per
-            layer.
+            tuple[tuple[Tensor]]: ``loss_cls``, ``loss_bbox``, ``loss_iou``,
+            each L 0-d tensors, as ``DETRHead.loss_by_feat_single`` returns
+            them per layer.
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
         # one host-to-device copy of the image sizes, for matching and loss
@@ -198,8 +199,8 @@ class BatchedMatchingDETRHead(DETRHead):
             factors (Tensor): (bs, 4) ``[w, h, w, h]`` of each image.
 
         Returns:
-            tuple[Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_iou``, each
-            (L, ).
+            tuple[tuple[Tensor]]: ``loss_cls``, ``loss_bbox``, ``loss_iou``,
+            each L 0-d tensors.
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
         labels, label_weights, bbox_targets, bbox_weights = targets
@@ -266,27 +267,30 @@ class BatchedMatchingDETRHead(DETRHead):
     @staticmethod
     def _image_factors(batch_img_metas: List[dict], like: Tensor) -> Tensor:
         """(bs, 4) ``[w, h, w, h]`` of each image, to de-normalise boxes."""
-        return like.new_tensor([[w, h, w, h] for h, w in (
-            meta['img_shape'][:2] for meta in batch_img_metas)])
+        return host_to_device([[w, h, w, h] for h, w in (
+            meta['img_shape'][:2] for meta in batch_img_metas)], like)
 
     def _per_layer(self, loss: Tensor, avg_factors: np.ndarray,
-                   num_layers: int) -> Tensor:
+                   num_layers: int) -> Tuple[Tensor, ...]:
         """Sum an element-wise loss per layer and divide by its factor.
 
         mmdet's ``weight_reduce_loss`` computes ``loss.sum() / (avg_factor +
         eps)`` (``avg_factor_eps`` here); each layer's elements are one
-        contiguous block of ``loss``, summed alone as mmdet sums them.
+        contiguous block of ``loss``, summed alone (in another order than
+        mmdet's ``sum()`` of the block may take).
         mmdet's L1/GIoU losses return a scalar 0 when no weight is positive
         (then no layer has a positive).
         """
         if loss.dim() == 0:
-            return loss.expand(num_layers)
-        eps = self.avg_factor_eps
-        blocks = loss.reshape(num_layers, -1)
-        return torch.stack([
-            blocks[layer].sum() / (float(avg_factors[layer]) + eps)
-            for layer in range(num_layers)
-        ])
+            return (loss, ) * num_layers
+        sums = loss.reshape(num_layers, -1).sum(dim=1)
+        # the divisors rounded to the loss dtype, as a Python float divisor
+        divisors = host_to_device(
+            [float(factor) + self.avg_factor_eps for factor in avg_factors],
+            sums)
+        # unbind, not indexing: its backward is one stack of the L gradients
+        # where each index would scatter into a zero tensor of its own
+        return (sums / divisors).unbind(0)
 
     @torch.no_grad()
     def hungarian_targets(self,
@@ -354,7 +358,6 @@ class BatchedMatchingDETRHead(DETRHead):
                 num_pos[layer] += len(row)
             gt_offset += num_gts
 
-        device = cls_scores.device
         gt_bboxes = torch.cat([gt.bboxes for gt in batch_gt_instances])
         gt_labels = torch.cat([gt.labels for gt in batch_gt_instances])
         gt_factors = torch.cat([
@@ -368,9 +371,11 @@ class BatchedMatchingDETRHead(DETRHead):
         bbox_weights = gt_bboxes.new_zeros(num_preds, 4)
         if rows:
             # the one host-to-device copy of the matched indices
-            index = torch.from_numpy(
+            index = host_to_device(
                 np.stack([np.concatenate(rows),
-                          np.concatenate(gt_rows)])).to(device)
+                          np.concatenate(gt_rows)]),
+                gt_labels,
+                dtype=torch.long)
             pos, pos_gt = index[0], index[1]
             labels[pos] = gt_labels[pos_gt]
             bbox_weights[pos] = 1.0

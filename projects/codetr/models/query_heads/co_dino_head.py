@@ -13,6 +13,7 @@ from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..device_copies import host_to_device
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
@@ -282,8 +283,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
                 ``num_denoising_groups``.
 
         Returns:
-            tuple[Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_iou``, each
-            (L, ): one value per decoder layer, as mmdet's lists.
+            tuple[tuple[Tensor]]: ``loss_cls``, ``loss_bbox``, ``loss_iou``,
+            each L 0-d tensors, one per decoder layer, as mmdet's lists.
         """
         cls_scores = all_layers_denoising_cls_scores
         bbox_preds = all_layers_denoising_bbox_preds
@@ -350,8 +351,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         bbox_weights = gt_bboxes.new_zeros(num_denoising_queries, 4)
         bbox_weights[pos_inds] = 1.0
         img_h, img_w = img_meta['img_shape']
-        factor = gt_bboxes.new_tensor([img_w, img_h, img_w,
-                                       img_h]).unsqueeze(0)
+        factor = host_to_device([img_w, img_h, img_w, img_h],
+                                gt_bboxes).unsqueeze(0)
         bbox_targets[pos_inds] = bbox_xyxy_to_cxcywh(
             gt_bboxes / factor).repeat([num_groups, 1])
         return (labels, label_weights, bbox_targets, bbox_weights, pos_inds,

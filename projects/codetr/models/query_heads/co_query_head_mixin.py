@@ -18,6 +18,7 @@ from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from ..device_copies import host_to_device
 from ..positive_coords import (AuxQueryTargets, PositiveCoords,
                                build_aux_targets)
 from ..precision.dtypes import at_least_float32
@@ -388,11 +389,12 @@ class CoQueryHeadMixin:
 
         labels, label_weights = cat('labels'), cat('label_weights')
         bbox_targets, bbox_weights = cat('bbox_targets'), cat('bbox_weights')
-        img_hw = all_bbox_preds.new_tensor(
-            [meta['img_shape'][:2] for meta in batch_img_metas])
+        factors = host_to_device([[w, h, w, h] for h, w in (
+            meta['img_shape'][:2] for meta in batch_img_metas)],
+                                 all_bbox_preds)
         if self.normalized_iou_boxes:  # NormalizedGIoULoss
-            img_hw = torch.ones_like(img_hw)
-        factors = img_hw[:, None, [1, 0, 1, 0]].expand(-1, num_queries, -1)
+            factors = torch.ones_like(factors)
+        factors = factors[:, None].expand(-1, num_queries, -1)
         # fp32 under autocast; element-wise losses, summed per layer and set
         cls_scores = at_least_float32(all_cls_scores).reshape(-1, num_classes)
         bbox_preds = at_least_float32(all_bbox_preds).reshape(-1, 4)
@@ -434,9 +436,11 @@ class CoQueryHeadMixin:
                     num_pos = reduce_mean(num_pos)
                 values = part.sum(1) / (num_pos.clamp(min=1) + eps)
                 values = values * self.lambda_1
-                for layer in range(num_layers):
+                # unbind: one backward node for all layers (see
+                # BatchedMatchingDETRHead._per_layer)
+                for layer, value in enumerate(values.unbind(0)):
                     prefix = '' if layer == num_layers - 1 else f'd{layer}.'
-                    losses[f'{prefix}loss_{name}_aux{k}'] = values[layer]
+                    losses[f'{prefix}loss_{name}_aux{k}'] = value
         return losses
 
     def predict_by_outputs(self,

@@ -25,6 +25,7 @@ from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..device_copies import host_to_device
 from .device_random_sampler import DeviceRandomSampler
 
 
@@ -81,7 +82,8 @@ def pad_gt_instances(batch_gt_instances: InstanceList
     padded_bboxes = pad_sequence(bboxes, batch_first=True)[:-1]
     padded_labels = pad_sequence(labels, batch_first=True)[:-1]
     valid = torch.arange(padded_labels.size(1)) < counts[:, None]
-    return padded_bboxes, padded_labels, valid.to(padded_labels.device)
+    return padded_bboxes, padded_labels, host_to_device(
+        valid, padded_labels, dtype=torch.bool)
 
 
 def batched_inside_flags(flat_anchors: Tensor, valid_flags: Tensor,
@@ -102,8 +104,8 @@ def batched_inside_flags(flat_anchors: Tensor, valid_flags: Tensor,
     if allowed_border < 0:
         return valid_flags
     # mmdet compares with img_w + border and img_h + border
-    shapes = flat_anchors.new_tensor(
-        [meta['img_shape'][:2] for meta in batch_img_metas])
+    shapes = host_to_device(
+        [meta['img_shape'][:2] for meta in batch_img_metas], flat_anchors)
     img_h, img_w = shapes[:, 0:1], shapes[:, 1:2]
     return (valid_flags & (flat_anchors[:, 0] >= -allowed_border)
             & (flat_anchors[:, 1] >= -allowed_border)

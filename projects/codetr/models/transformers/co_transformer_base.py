@@ -21,6 +21,7 @@ from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..device_copies import host_to_device
 from ..precision.dtypes import compute_dtype
 from ..task_modules.level_shapes import host_level_sizes, level_shape_tensors
 from .aux_query_decoding import AuxQueryDecoding
@@ -283,7 +284,8 @@ class CoTransformerBase(AuxQueryDecoding, BaseModule):
                 valid_w = torch.sum(~mask[:, 0, :, 0], 1).unsqueeze(-1)
                 scale = torch.cat([valid_w, valid_h], 1).view(bs, 1, 1, 2)
             else:
-                scale = memory.new_tensor([width, height]).view(1, 1, 1, 2)
+                scale = host_to_device([width, height],
+                                       memory).view(1, 1, 1, 2)
             grid_y, grid_x = torch.meshgrid(
                 torch.linspace(
                     0, height - 1, height, dtype=dtype, device=memory.device),
