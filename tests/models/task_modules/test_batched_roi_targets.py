@@ -361,3 +361,25 @@ def test_refuses_what_it_does_not_compute():
     assert build_head(True).batched_images
     head = build_head(True, sampler=dict(type='RandomSampler'))
     assert type(head.bbox_sampler) is RandomSampler
+
+
+@pytest.mark.gpu
+def test_cuda_generator_advances_alike_whatever_the_data():
+    """On CUDA the batch's one draw leaves the CPU generator alone and
+    advances CUDA's by the same amount for every case (different counts of
+    truths, proposals and positives)."""
+    head = build_head(True).cuda()
+    states = []
+    for case in CASES:
+        _, proposals, samples = make_batch(case, torch.float32)
+        torch.manual_seed(0)  # seeds CUDA's generator too
+        cpu0, cuda0 = torch.get_rng_state(), torch.cuda.get_rng_state()
+        got = brt.batched_roi_targets(
+            head.bbox_assigner, head.bbox_sampler, NUM_CLASSES, -1,
+            [p.bboxes.cuda() for p in proposals],
+            [s.gt_instances.to('cuda') for s in samples])
+        assert got.rois.is_cuda
+        assert torch.equal(torch.get_rng_state(), cpu0), case
+        assert not torch.equal(torch.cuda.get_rng_state(), cuda0), case
+        states.append(torch.cuda.get_rng_state())
+    assert all(torch.equal(s, states[0]) for s in states)
