@@ -36,6 +36,7 @@ from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..device_copies import host_to_device
 from .batched_anchor_targets import batched_max_iou_assign, pad_gt_instances
 from .device_random_sampler import DeviceRandomSampler
 
@@ -87,7 +88,9 @@ def pad_proposals(proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
     counts = torch.tensor([len(p) for p in proposals])
     boxes = pad_sequence(proposals, batch_first=True)
     valid = torch.arange(boxes.size(1)) < counts[:, None]
-    return boxes, valid.to(boxes.device)
+    # known on the host: a queued copy, not a pageable one that makes the
+    # host wait for the stream
+    return boxes, host_to_device(valid, boxes, dtype=torch.bool)
 
 
 def ignored_proposals(assigner: MaxIoUAssigner, proposals: Tensor,
@@ -109,13 +112,16 @@ def ignored_proposals(assigner: MaxIoUAssigner, proposals: Tensor,
             ign is not None and len(ign) > 0
             for ign in batch_gt_instances_ignore or []):
         return None
+    like = next(ign.bboxes for ign in batch_gt_instances_ignore
+                if ign is not None)
     boxes = [
-        ign.bboxes if ign is not None else proposals.new_zeros(0, 4)
+        ign.bboxes if ign is not None else like.new_zeros(0, 4)
         for ign in batch_gt_instances_ignore
     ]
     # zero boxes as padding: no overlap with anything, iof 0 both ways,
-    # never above a threshold > 0 (mmdet skips images without any)
-    ignore = pad_sequence(boxes, batch_first=True).to(proposals.dtype)
+    # never above a threshold > 0 (mmdet skips images without any); their
+    # dtype is kept, the IoU calculator promotes as in mmdet
+    ignore = pad_sequence(boxes, batch_first=True)
     if assigner.ignore_wrt_candidates:
         iof = assigner.iou_calculator(proposals, ignore, mode='iof')
         iof = iof.max(dim=2).values
