@@ -8,6 +8,9 @@ Subclasses of mmdet's Deformable DETR encoder/decoder and of mmcv's
 - :class:`CoDeformableDetrTransformerEncoder`: gradient checkpointing of the
   first ``num_cp`` layers with ``torch.utils.checkpoint`` (no fairscale);
 - :class:`CoDeformableDetrTransformerDecoder`: look-forward-twice.
+
+The encoder and the decoders take ``compile_layers`` (default off): their
+layers then run through ``torch.compile`` (:mod:`.compiled_layers`).
 """
 from typing import Optional, Tuple
 
@@ -28,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..precision.dtypes import at_least_float32
 from ..task_modules.level_shapes import host_level_sizes
+from .compiled_layers import CompiledLayersMixin, ms_deform_attn
 
 
 class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
@@ -41,6 +45,10 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     2. mmcv asserts ``sum(h * w) == num_value`` with a tensor comparison,
        which blocks the host until the GPU catches up, in every layer. The
        shapes come from the same feature maps, so the check is dropped.
+
+    While ``torch.compile`` traces it (``compile_layers``), the sampling is
+    the operator :func:`~.compiled_layers.ms_deform_attn` (the same mmcv
+    computation, opaque to the compiler); otherwise mmcv is called directly.
 
     Arguments, shapes and parameters are mmcv's; ``batch_first=True`` only.
     """
@@ -100,7 +108,11 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
                 raise ValueError('reference_points must end in 2 or 4, got '
                                  f'{tuple(reference_points.shape)}')
             value = at_least_float32(value)
-            if value.is_cuda:
+            if torch.compiler.is_compiling():
+                output = ms_deform_attn(value, spatial_shapes,
+                                        level_start_index, sampling_locations,
+                                        attention_weights, self.im2col_step)
+            elif value.is_cuda:
                 output = MultiScaleDeformableAttnFunction.apply(
                     value, spatial_shapes, level_start_index,
                     sampling_locations, attention_weights, self.im2col_step)
@@ -142,7 +154,8 @@ class CoDeformableDetrTransformerDecoderLayer(
             for _ in range(3))
 
 
-class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
+class CoDeformableDetrTransformerEncoder(CompiledLayersMixin,
+                                         DeformableDetrTransformerEncoder):
     """Deformable DETR encoder with ``torch.utils.checkpoint``.
 
     ``num_cp`` (mmdet's argument) layers, counted from the first, recompute
@@ -150,6 +163,12 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
     wraps them with fairscale, an extra dependency that broke under DDP
     (field notes, SX#62); the non-reentrant ``torch.utils.checkpoint`` needs
     nothing extra and works with DDP.
+
+    Args:
+        compile_layers (bool | dict): Run the layers through
+            ``torch.compile`` (:mod:`.compiled_layers`; checkpointed layers
+            too). Defaults to False.
+        Others: mmdet's.
     """
 
     def _init_layers(self) -> None:
@@ -179,10 +198,11 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
             reference_points=reference_points,
             **kwargs)
         for i, layer in enumerate(self.layers):
+            run = self.layer_runner(layer)
             if i < self.num_cp and self.training and torch.is_grad_enabled():
-                query = checkpoint(layer, query, use_reentrant=False, **inputs)
+                query = checkpoint(run, query, use_reentrant=False, **inputs)
             else:
-                query = layer(query, **inputs)
+                query = run(query, **inputs)
         return query
 
 
@@ -198,7 +218,8 @@ def co_decoder_layers(decoder: nn.Module, no_post_norm: str) -> ModuleList:
         for _ in range(decoder.num_layers))
 
 
-class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
+class CoDeformableDetrTransformerDecoder(CompiledLayersMixin,
+                                         DeformableDetrTransformerDecoder):
     """Deformable DETR decoder with look-forward-twice (docs/design.md, query
     selection).
 
@@ -214,6 +235,9 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
     Args:
         look_forward_twice (bool): Return non-detached references.
             Defaults to True.
+        compile_layers (bool | dict): Run the layers through
+            ``torch.compile`` (:mod:`.compiled_layers`). Defaults to False.
+        Others: mmdet's.
     """
 
     #: ``eps`` of the inverse sigmoid in the box refinement (mmdet's).
@@ -293,7 +317,7 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
         scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
         for layer_id, layer in enumerate(self.layers):
             anchors = reference_points[:, :, None] * scale
-            output = layer(
+            output = self.layer_runner(layer)(
                 output,
                 query_pos=self.layer_query_pos(query_pos, anchors, output,
                                                layer_id),

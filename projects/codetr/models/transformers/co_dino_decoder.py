@@ -10,10 +10,11 @@ from mmdet.models.layers import MLP, DinoTransformerDecoder, inverse_sigmoid
 from torch import Tensor, nn
 
 from .co_deformable_detr_layers import co_decoder_layers
+from .compiled_layers import CompiledLayersMixin
 from .sine_encoding import coordinate_to_encoding
 
 
-class CoDinoTransformerDecoder(DinoTransformerDecoder):
+class CoDinoTransformerDecoder(CompiledLayersMixin, DinoTransformerDecoder):
     """mmdet's DINO decoder whose layers use
     :class:`CoMultiScaleDeformableAttention` (fp32 sampling under autocast,
     no host synchronisation) and whose query positions are encoded in the
@@ -25,6 +26,11 @@ class CoDinoTransformerDecoder(DinoTransformerDecoder):
     valid ratios; box refinement with ``inverse_sigmoid(eps=1e-3)``; the
     returned references are the refined boxes before detaching
     (look-forward-twice) and the hidden states pass the shared ``norm``.
+
+    Args:
+        compile_layers (bool | dict): Run the layers through
+            ``torch.compile`` (:mod:`.compiled_layers`). Defaults to False.
+        Others: mmdet's.
     """
 
     def _init_layers(self) -> None:
@@ -73,7 +79,7 @@ class CoDinoTransformerDecoder(DinoTransformerDecoder):
                 torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             query_pos = self.ref_point_head(
                 coordinate_to_encoding(reference_points_input[:, :, 0, :]))
-            query = layer(
+            query = self.layer_runner(layer)(
                 query,
                 query_pos=query_pos,
                 value=value,
