@@ -24,7 +24,8 @@ def test_stages_of_a_co_detr_step_are_labelled_and_restored():
     result = profile_step(model, step, steps=2)
     assert len(calls) == 3  # one warm-up outside the profile
     expected = {
-        'CoDETR.extract_feat', 'CoDeformDETRHead.prepare_decoding',
+        'CoDeformDETRHead.ground_truth_queries', 'CoDETR.extract_feat',
+        'CoDeformDETRHead.prepare_decoding',
         'CoDeformableDetrTransformer.forward_decoder',
         'CoDeformDETRHead.loss_by_outputs',
         'CoDeformDETRHead.loss_aux_by_feat',

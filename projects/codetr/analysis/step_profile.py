@@ -36,10 +36,12 @@ def stage_methods(model) -> List[Tuple[object, str]]:
     if type(model).__name__ != 'CoDETR' or not hasattr(
             model.query_head, 'prepare_decoding'):
         return [(model, 'extract_feat')]
-    # encoder and query selection; the decoder pass (main and positive
-    # queries together, or one pass each); the one-to-one losses; the
-    # positive queries' losses
-    targets = [(model, 'extract_feat'),
+    # queries of the ground truth (Co-DINO's denoising), before the
+    # backbone; encoder and query selection; the decoder pass (main and
+    # positive queries together, or one pass each); the one-to-one losses;
+    # the positive queries' losses
+    targets = [(model.query_head, 'ground_truth_queries'),
+               (model, 'extract_feat'),
                (model.query_head, 'prepare_decoding'),
                (model.query_head.transformer, 'forward_decoder'),
                (model.query_head, 'loss_by_outputs'),

@@ -164,8 +164,12 @@ class CoDETR(BaseDetector):
             dict[str, Tensor]: Main, encoder, auxiliary-head and
             auxiliary-query losses; every key to be summed contains 'loss'.
         """
+        # queries of the ground truth alone (Co-DINO's denoising) first:
+        # their reads of the device then wait for no queued work
+        queries = self.query_head.ground_truth_queries(batch_data_samples)
         x = self.extract_feat(batch_inputs)
-        plan = self.query_head.prepare_decoding(x, batch_data_samples)
+        plan = self.query_head.prepare_decoding(x, batch_data_samples,
+                                                **queries)
         aux_losses, pos_coords = dict(), []
         if self.roi_head or self.bbox_head:  # none: K = 0
             pyramid = self.query_head.memory_to_pyramid(plan['memory'], x)

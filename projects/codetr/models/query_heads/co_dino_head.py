@@ -1,5 +1,5 @@
 """The query head of Co-DINO (docs/design.md, query selection)."""
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,53 +18,109 @@ from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
 
+# prepare_decoding's default: None is a valid value (no denoising queries)
+_NOT_GIVEN = object()
+
 
 class CoCdnQueryGenerator(CdnQueryGenerator):
-    """mmdet's ``CdnQueryGenerator`` whose batched queries take the dtype
-    of the generated ones (mmdet allocates them in the default dtype, so a
-    float64 model's queries cannot be written into them)."""
+    """mmdet's ``CdnQueryGenerator`` that reads nothing back from the device
+    but its noisy-label draw, and whose batched queries take the dtype of
+    the generated ones.
+
+    mmdet counts the targets of each image on the device and builds the
+    image-size factors with ``new_tensor``: host reads and blocking copies
+    that wait for the GPU. The counts and sizes are known on the host, so
+    here they come from there (:func:`host_to_device`); the random draws
+    (``generate_dn_label_query``, ``generate_dn_bbox_query``) are mmdet's,
+    in mmdet's order. mmdet also allocates the batched queries in the
+    default dtype, where a float64 model's queries cannot be written.
+    """
+
+    def __call__(self, batch_data_samples: SampleList) -> tuple:
+        """Denoising queries of the batch, as mmdet's ``__call__``.
+
+        Args:
+            batch_data_samples (list[DetDataSample]): ``gt_instances``
+                (``bboxes`` absolute (x1, y1, x2, y2), ``labels``) and
+                ``img_shape`` of each image.
+
+        Returns:
+            tuple: ``dn_label_query`` (bs, num_dn, embed_dims),
+            ``dn_bbox_query`` (bs, num_dn, 4) inverse-sigmoid (cx, cy, w,
+            h), ``attn_mask`` (num_dn + num_matching, num_dn +
+            num_matching) bool and ``dn_meta`` (``num_denoising_queries``,
+            ``num_denoising_groups``).
+        """
+        gt_labels, gt_bboxes = [], []
+        for sample in batch_data_samples:
+            img_h, img_w = sample.img_shape
+            bboxes = sample.gt_instances.bboxes
+            factor = host_to_device([[img_w, img_h, img_w, img_h]], bboxes)
+            gt_bboxes.append(bboxes / factor)
+            gt_labels.append(sample.gt_instances.labels)
+        counts = [len(labels) for labels in gt_labels]
+        max_num_target = max(counts)
+        num_groups = self.get_num_groups(max_num_target)
+        dn_label_query = self.generate_dn_label_query(
+            torch.cat(gt_labels), num_groups)
+        dn_bbox_query = self.generate_dn_bbox_query(
+            torch.cat(gt_bboxes), num_groups)
+        dn_label_query, dn_bbox_query = self.collate_by_counts(
+            dn_label_query, dn_bbox_query, counts, num_groups)
+        attn_mask = self.generate_dn_mask(
+            max_num_target, num_groups, device=dn_label_query.device)
+        dn_meta = dict(
+            num_denoising_queries=int(max_num_target * 2 * num_groups),
+            num_denoising_groups=num_groups)
+        return dn_label_query, dn_bbox_query, attn_mask, dn_meta
 
     def collate_dn_queries(self, input_label_query: Tensor,
                            input_bbox_query: Tensor, batch_idx: Tensor,
                            batch_size: int,
                            num_groups: int) -> Tuple[Tensor, Tensor]:
+        """mmdet's signature of :meth:`collate_by_counts`, with the image
+        of each target as a tensor (one read of its counts)."""
+        counts = torch.bincount(batch_idx, minlength=batch_size).tolist()
+        return self.collate_by_counts(input_label_query, input_bbox_query,
+                                      counts, num_groups)
+
+    def collate_by_counts(self, input_label_query: Tensor,
+                          input_bbox_query: Tensor, counts: List[int],
+                          num_groups: int) -> Tuple[Tensor, Tensor]:
         """Scatter the queries of all targets into per-image rows.
 
         Args:
             input_label_query (Tensor): (num_target_total * 2 * num_groups,
-                embed_dims).
+                embed_dims), group-major, then targets in image order.
             input_bbox_query (Tensor): (num_target_total * 2 * num_groups,
-                4) inverse-sigmoid (cx, cy, w, h).
-            batch_idx (Tensor): (num_target_total, ) image of each target.
-            batch_size (int): Images in the batch.
+                4) inverse-sigmoid (cx, cy, w, h), in the same order.
+            counts (list[int]): Targets of each image.
             num_groups (int): Denoising groups.
 
         Returns:
             tuple[Tensor, Tensor]: (batch_size, num_dn, embed_dims) and
-            (batch_size, num_dn, 4), zeros where an image has fewer
-            targets than the most.
+            (batch_size, num_dn, 4), num_dn = 2 * num_groups * the largest
+            count; a target's query goes to its image's row, at its index
+            within the image plus the group's offset (mmdet's layout), zeros
+            where an image has fewer targets than the most.
         """
-        device = input_label_query.device
-        num_target_list = [
-            torch.sum(batch_idx == idx) for idx in range(batch_size)
-        ]
-        max_num_target = max(num_target_list)
-        num_denoising_queries = int(max_num_target * 2 * num_groups)
-        map_query_index = torch.cat([
-            torch.arange(num_target, device=device)
-            for num_target in num_target_list
-        ])
-        map_query_index = torch.cat([
-            map_query_index + max_num_target * i for i in range(2 * num_groups)
-        ]).long()
-        mapper = (batch_idx.repeat(2 * num_groups, 1).view(-1),
-                  map_query_index)
+        batch_size, max_num_target = len(counts), max(counts, default=0)
+        num_copies = 2 * num_groups
+        # (image, slot) of every query, built on the host
+        image = np.repeat(np.arange(batch_size), counts)
+        slot = np.concatenate([np.arange(n) for n in counts] +
+                              [np.zeros(0, dtype=np.int64)])
+        slots = slot[None] + max_num_target * np.arange(num_copies)[:, None]
+        index = host_to_device(
+            np.stack([np.tile(image, num_copies), slots.reshape(-1)]),
+            input_label_query,
+            dtype=torch.long)
+        num_dn = max_num_target * num_copies
         batched_label_query = input_label_query.new_zeros(
-            batch_size, num_denoising_queries, self.embed_dims)
-        batched_bbox_query = input_bbox_query.new_zeros(
-            batch_size, num_denoising_queries, 4)
-        batched_label_query[mapper] = input_label_query
-        batched_bbox_query[mapper] = input_bbox_query
+            batch_size, num_dn, self.embed_dims)
+        batched_bbox_query = input_bbox_query.new_zeros(batch_size, num_dn, 4)
+        batched_label_query[index[0], index[1]] = input_label_query
+        batched_bbox_query[index[0], index[1]] = input_bbox_query
         return batched_label_query, batched_bbox_query
 
 
@@ -203,10 +259,28 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             all_coords.append(coords.sigmoid())
         return torch.stack(all_cls), torch.stack(all_coords)
 
-    def prepare_decoding(self, mlvl_feats: Sequence[Tensor],
-                         batch_data_samples: SampleList) -> Dict:
+    def ground_truth_queries(self, batch_data_samples: SampleList) -> Dict:
+        """The denoising queries, in training mode with ground truth.
+
+        Returns:
+            dict: ``denoising``: ``(dn_label_query, dn_bbox_query,
+            dn_mask, dn_meta)`` of :class:`CoCdnQueryGenerator`, or None.
+        """
+        if self.training and all('gt_instances' in sample
+                                 for sample in batch_data_samples):
+            return dict(denoising=self.dn_query_generator(batch_data_samples))
+        return dict(denoising=None)
+
+    def prepare_decoding(self,
+                         mlvl_feats: Sequence[Tensor],
+                         batch_data_samples: SampleList,
+                         denoising: Optional[tuple] = _NOT_GIVEN) -> Dict:
         """Encoder, query selection and, in training mode with ground
         truth, the denoising queries (placed before the matching ones).
+
+        ``denoising`` is :meth:`ground_truth_queries`' entry, made before
+        the backbone ran; they are made here when it is not given (after the
+        encoder: the random draws are the same, the encoder draws none).
 
         Returns:
             dict: The outputs of :meth:`encode`, ``enc_outputs_class``
@@ -218,11 +292,11 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             :meth:`CoQueryHeadMixin.prepare_decoding`.
         """
         enc = self.encode(mlvl_feats, batch_data_samples)
-        dn_label_query = dn_bbox_query = dn_mask = dn_meta = None
-        if self.training and all('gt_instances' in sample
-                                 for sample in batch_data_samples):
-            dn_label_query, dn_bbox_query, dn_mask, dn_meta = \
-                self.dn_query_generator(batch_data_samples)
+        if denoising is _NOT_GIVEN:
+            denoising = self.ground_truth_queries(
+                batch_data_samples)['denoising']
+        dn_label_query, dn_bbox_query, dn_mask, dn_meta = \
+            denoising or (None, ) * 4
         decoder_inputs, enc_outputs = self.transformer.pre_decoder(
             enc['memory'], enc['memory_mask'], enc['spatial_shapes'],
             self.cls_branches, self.reg_branches, dn_label_query,

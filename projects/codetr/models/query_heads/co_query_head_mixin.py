@@ -87,10 +87,22 @@ class CoQueryHeadMixin:
         memory = self.transformer.forward_encoder(**encoder_inputs)['memory']
         return dict(decoder_inputs, memory=memory)
 
+    def ground_truth_queries(self, batch_data_samples: SampleList) -> Dict:
+        """Decoder inputs made from the ground truth alone, before the
+        backbone runs (none here; Co-DINO's denoising queries).
+
+        :meth:`CoDETR.loss` calls it first and hands the result to
+        :meth:`prepare_decoding` as keyword arguments: what it reads back
+        from the device then finds the GPU with no work queued, instead of
+        waiting for the backbone and the encoder.
+        """
+        return {}
+
     def prepare_decoding(self, mlvl_feats: Sequence[Tensor],
-                         batch_data_samples: SampleList) -> Dict:
+                         batch_data_samples: SampleList, **kwargs) -> Dict:
         """Encoder and query selection: everything up to the decoder
-        (implemented by each head).
+        (implemented by each head); ``kwargs`` are the output of
+        :meth:`ground_truth_queries` (made here when not given).
 
         Returns:
             dict: The outputs of :meth:`encode`, the encoder outputs for the
