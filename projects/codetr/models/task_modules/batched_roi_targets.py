@@ -160,6 +160,12 @@ def batched_roi_assign(assigner: MaxIoUAssigner, proposals: Tensor,
         padding, 0 negative, i + 1 ground truth i) and ``labels`` (B, N)
         long (-1 where not positive); on valid proposals mmdet's.
     """
+    if proposals.size(1) == 0:
+        # no proposal in the whole batch (a shape, known on the host): the
+        # reductions over proposals would be empty; mmdet assigns nothing
+        empty = proposal_valid.new_zeros(proposal_valid.shape,
+                                         dtype=torch.long)
+        return empty, empty
     assigned = proposal_valid
     if ignored is not None:
         has_gt = gt_valid.any(dim=1, keepdim=True)
