@@ -12,7 +12,10 @@ Usage::
     python tools/analysis/count_host_syncs.py [CONFIG] [--size 256 320]
         [--batch-size 2] [--boxes 10] [--top 25] [--device cpu]
 
-Prints the number of host reads per step, by op and by source line.
+Prints the number of host reads per step, by op and by source line. With
+``--device cuda`` it also runs the step under PyTorch's sync debug mode and
+lists every synchronising call by source line, blocking host-to-device
+copies included (``new_tensor(list)``), which the CPU count cannot see.
 """
 import argparse
 import os.path as osp

@@ -13,8 +13,10 @@ called it (:func:`source_of`).
 The counts depend on the data (numbers of boxes and positives), not on the
 image size; times are not measured here. Not counted: device-to-host copies
 (``.cpu()``, e.g. of the Hungarian cost matrices) are no-ops on the CPU, so
-each of those adds one more wait per call on a GPU; mmcv's PyTorch
-deformable attention, which runs only without CUDA, is counted apart.
+each of those adds one more wait per call on a GPU, and so do copies from
+host memory (``new_tensor(list)``); mmcv's PyTorch deformable attention,
+which runs only without CUDA, is counted apart. On a GPU,
+:func:`count_cuda_syncs` counts all of them with PyTorch's sync debug mode.
 Used by ``tools/analysis/count_host_syncs.py``.
 """
 import collections

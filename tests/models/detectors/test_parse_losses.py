@@ -53,3 +53,34 @@ def test_lists_non_loss_keys_and_errors(model):
     assert total == 0 and list(log_vars) == ['loss', 'acc']
     with pytest.raises(TypeError, match='loss_x is not a tensor'):
         model.parse_losses(dict(loss_x=1.0))
+
+
+@pytest.mark.parametrize('dtypes', [(torch.float64, torch.float32),
+                                    (torch.float16, torch.float32),
+                                    (torch.bfloat16, torch.float16)])
+def test_dtypes_promote_as_mmengines_sum(model, dtypes):
+    losses = dict(loss_a=torch.tensor(1.25, dtype=dtypes[0]),
+                  loss_b=torch.tensor([0.5, 1.5], dtype=dtypes[1]))
+    total, _ = model.parse_losses(losses)
+    ref_total, _ = BaseModel.parse_losses(model, losses)
+    assert total.dtype == ref_total.dtype
+    assert total.item() == ref_total.item() == 2.25
+
+
+def test_an_empty_list_adds_nothing(model):
+    for losses in (dict(loss_rpn=[], loss_a=torch.tensor(2.0)),
+                   dict(loss_a=torch.tensor(2.0), loss_rpn=[])):
+        total, log_vars = model.parse_losses(losses)
+        ref_total, ref_vars = BaseModel.parse_losses(model, losses)
+        assert total.item() == ref_total.item() == 2.0
+        assert list(log_vars) == list(ref_vars)
+
+
+@pytest.mark.gpu
+def test_a_cpu_term_joins_the_gpu_terms(model):
+    losses = dict(loss_cpu=torch.tensor(1.0),
+                  loss_gpu=torch.tensor(2.0, device='cuda'))
+    total, _ = model.parse_losses(losses)
+    ref_total, _ = BaseModel.parse_losses(model, losses)
+    assert total.device == ref_total.device == torch.device('cuda', 0)
+    assert total.item() == 3.0

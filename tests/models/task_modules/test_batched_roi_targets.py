@@ -244,6 +244,8 @@ SETTINGS = [
     (dict(ignore_iof_thr=0.5), dict(num=64), 2.0),
     (dict(match_low_quality=True), dict(neg_pos_ub=2.0, num=200), 0.3),
     (dict(), dict(add_gt_as_proposals=False, pos_fraction=0.5), -1),
+    # a fractional bound: mmdet's int() of ub * positives rounds down
+    (dict(), dict(neg_pos_ub=2.5, num=200), -1),
 ]
 
 

@@ -6,7 +6,6 @@ C++); recompilation counts and graph structure with a recording
 ``aot_eager`` backend (dynamo and AOTAutograd as with Inductor, no code
 generation: fast). Compilation caches are reset around each test.
 """
-import os
 import warnings
 
 import pytest
@@ -31,14 +30,6 @@ needs_inductor = pytest.mark.skipif(
     compiled_layers.compile_unavailable('cpu') is not None,
     reason='Inductor cannot compile for the CPU here: '
     f"{compiled_layers.compile_unavailable('cpu')}")
-
-#: Why the Inductor tests that take over 30 s with a cold compilation
-#: cache (a few seconds with a warm one) skip in CI.
-SLOW_REASON = (
-    'Inductor C++ compilation of a layer, forward and backward: 30-90 s on '
-    'a 2-core CPU with a cold cache; skipped where CI is set (run it with '
-    'python -m pytest -m slow tests/models/transformers/'
-    'test_compiled_layers.py)')
 
 
 @pytest.fixture(autouse=True)
@@ -307,10 +298,9 @@ def test_sampling_op_registration():
     torch.float64,
     pytest.param(
         torch.float32,
-        marks=[
-            pytest.mark.slow,
-            pytest.mark.skipif(bool(os.environ.get('CI')), reason=SLOW_REASON)
-        ])
+        # Inductor's C++ compilation of a layer, forward and backward:
+        # 30-90 s on a 2-core CPU with a cold cache
+        marks=pytest.mark.slow)
 ])
 def test_compiled_encoder_agrees_with_eager(dtype):
     """Training mode with the first layer checkpointed (``num_cp``):
@@ -331,8 +321,7 @@ def test_compiled_encoder_agrees_with_eager(dtype):
 
 
 @needs_inductor
-@pytest.mark.slow
-@pytest.mark.skipif(bool(os.environ.get('CI')), reason=SLOW_REASON)
+@pytest.mark.slow  # as the float32 encoder above
 def test_compiled_decoder_agrees_with_eager():
     """Box refinement, look-forward-twice and a block-diagonal
     self-attention mask (joint decoding), float64."""

@@ -12,7 +12,8 @@ from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import ModuleList
 from mmengine.utils import is_list_of
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from ..precision.dtypes import at_least_float32
 from .cuda_graphs import CudaGraphCache
@@ -20,6 +21,15 @@ from .head_config import (HeadCfgs, distribute_released_cfgs, heads_as_list,
                           inject_num_co_heads, resolve_num_classes)
 
 EVAL_MODULES = ('detr', 'one-stage', 'two-stage')
+
+
+def draws_random_numbers(module: nn.Module) -> bool:
+    """Whether ``module`` draws random numbers in training mode: a dropout
+    with p > 0 or a drop path (mmcv's ``DropPath``) with ``drop_prob`` > 0
+    among its submodules."""
+    return any(
+        (isinstance(m, _DropoutNd) and m.p > 0)
+        or getattr(m, 'drop_prob', 0) > 0 for m in module.modules())
 
 
 def add_loss_suffix(losses: Dict[str, Tensor],
@@ -107,6 +117,12 @@ class CoDETR(BaseDetector):
         self.backbone = MODELS.build(backbone)
         if neck is not None:
             self.neck = MODELS.build(neck)
+        # Queries made from the ground truth alone (Co-DINO's denoising)
+        # are made before the backbone runs unless the backbone or neck draw
+        # random numbers in training (Swin's drop path): then they come
+        # after it, so that the draws keep their order.
+        self._early_queries = not draws_random_numbers(self.backbone) and \
+            not (neck is not None and draws_random_numbers(self.neck))
         # K = 0: nothing reads the auxiliary pyramid, so the query head
         # builds no stride-2 downsample (it would be a parameter without
         # gradient, an error under DDP without find_unused_parameters).
@@ -166,7 +182,8 @@ class CoDETR(BaseDetector):
         """
         # queries of the ground truth alone (Co-DINO's denoising) first:
         # their reads of the device then wait for no queued work
-        queries = self.query_head.ground_truth_queries(batch_data_samples)
+        queries = self.query_head.ground_truth_queries(
+            batch_data_samples) if self._early_queries else {}
         x = self.extract_feat(batch_inputs)
         plan = self.query_head.prepare_decoding(x, batch_data_samples,
                                                 **queries)
@@ -215,12 +232,18 @@ class CoDETR(BaseDetector):
                 log_vars.append((name, sum(part.mean() for part in value)))
             else:
                 raise TypeError(f'{name} is not a tensor or list of tensors')
-        terms = [value for name, value in log_vars if 'loss' in name]
+        # an empty list sums to the int 0, which adds nothing
+        terms = [
+            value for name, value in log_vars
+            if 'loss' in name and isinstance(value, Tensor)
+        ]
         total = 0
         if terms:
             # a 0-d CPU term (which an addition would accept) joins the
-            # others' device; mixed dtypes are promoted as by an addition
-            device = terms[0].device
+            # others' device, as in mmengine's sum; mixed dtypes are
+            # promoted as by an addition
+            device = next((t.device for t in terms if t.device.type != 'cpu'),
+                          terms[0].device)
             total = torch.stack([term.to(device) for term in terms]).sum()
         return total, OrderedDict([('loss', total)] + log_vars)
 

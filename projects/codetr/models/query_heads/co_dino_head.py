@@ -280,7 +280,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
 
         ``denoising`` is :meth:`ground_truth_queries`' entry, made before
         the backbone ran; they are made here when it is not given (after the
-        encoder: the random draws are the same, the encoder draws none).
+        encoder, as the released code makes them; the encoder draws no
+        random numbers).
 
         Returns:
             dict: The outputs of :meth:`encode`, ``enc_outputs_class``

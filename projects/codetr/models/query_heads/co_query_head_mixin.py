@@ -94,7 +94,10 @@ class CoQueryHeadMixin:
         :meth:`CoDETR.loss` calls it first and hands the result to
         :meth:`prepare_decoding` as keyword arguments: what it reads back
         from the device then finds the GPU with no work queued, instead of
-        waiting for the backbone and the encoder.
+        waiting for the backbone and the encoder. Where the backbone or
+        neck draw random numbers in training (drop path), it does not:
+        :meth:`prepare_decoding` makes them after the encoder, so that the
+        random draws keep their order.
         """
         return {}
 
