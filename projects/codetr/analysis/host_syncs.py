@@ -124,11 +124,20 @@ def count_cuda_syncs(step) -> collections.Counter:
     def record(message, *args, **kwargs) -> None:
         if 'synchroniz' not in str(message):
             return
+        stack = [
+            frame for frame in traceback.extract_stack()[:-1]
+            if not frame.filename.endswith(('warnings.py', 'host_syncs.py'))
+        ]
+        # the innermost frame of the packages, else the innermost of all
         where = '(other)'
-        for frame in reversed(traceback.extract_stack()[:-1]):
+        if stack:
+            frame = stack[-1]
+            where = f'(other) {osp.basename(frame.filename)}:' \
+                f'{frame.lineno} ({frame.name})'
+        for frame in reversed(stack):
             path = frame.filename.replace('\\', '/')
             source = next((s for s in SOURCES[:-1] if s in path), None)
-            if source and OWN not in path:
+            if source:
                 where = (f'{source}{path.split(source, 1)[1]}:'
                          f'{frame.lineno} ({frame.name})')
                 break

@@ -173,7 +173,7 @@ def run(module, inputs, grad_inputs=('query', ), **kwargs):
     outs = out if isinstance(out, tuple) else (out, )
     if torch.is_grad_enabled() and outs[0].requires_grad:
         gen = torch.Generator().manual_seed(3)
-        loss = sum((o * torch.randn(o.shape, generator=gen).to(o.dtype)).sum()
+        loss = sum((o * torch.randn(o.shape, generator=gen).to(o)).sum()
                    for o in outs)
         loss.backward()
     grads = {f'input.{k}': inputs[k].grad for k in grad_inputs}
