@@ -31,9 +31,6 @@ def test_equals_new_tensor_on_cuda_without_a_sync(values):
     for _ in range(20):
         big = big @ big.T / 2048
 
-    # the process's first pinned allocation synchronises once (PyTorch's
-    # host allocator sets itself up): the steady state is what counts
-    host_to_device(values, like)
     results = []
     syncs = count_cuda_syncs(
         lambda: results.append(host_to_device(values, like)))

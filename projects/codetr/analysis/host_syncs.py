@@ -145,9 +145,12 @@ def count_cuda_syncs(step) -> collections.Counter:
 
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings():
+        # switching the mode on reports a synchronisation of its own the
+        # first time in a process: not the step's, so not recorded
+        warnings.simplefilter('ignore')
+        torch.cuda.set_sync_debug_mode('warn')
         warnings.simplefilter('always')
         warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode('warn')
         try:
             step()
         finally:
