@@ -11,7 +11,7 @@ copied from pinned memory with ``non_blocking=True`` instead: the copy is
 queued like a kernel and the host goes on. PyTorch's pinned-memory
 allocator keeps the host buffer alive until the copy has run.
 """
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,3 +41,11 @@ def host_to_device(values: HostValues,
     if like.device.type != 'cuda':
         return host.to(like.device)
     return host.pin_memory().to(like.device, non_blocking=True)
+
+
+def image_size_factors(batch_img_metas: List[dict], like: Tensor) -> Tensor:
+    """(bs, 4) ``[w, h, w, h]`` of each image's ``img_shape``, in ``like``'s
+    dtype and on its device (:func:`host_to_device`): the factors that turn
+    normalised (x1, y1, x2, y2) or (cx, cy, w, h) boxes into pixels."""
+    return host_to_device([[w, h, w, h] for h, w in (
+        meta['img_shape'][:2] for meta in batch_img_metas)], like)

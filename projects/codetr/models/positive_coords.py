@@ -13,7 +13,7 @@ import torch
 from mmdet.structures.bbox import bbox_xyxy_to_cxcywh
 from torch import Tensor
 
-from .device_copies import host_to_device
+from .device_copies import image_size_factors
 
 
 @dataclass
@@ -125,9 +125,8 @@ def build_aux_targets(pos_coords: PositiveCoords,
         index = keep.view(num_imgs, num_slots, *([1] * (t.dim() - 2)))
         return t.gather(1, index.expand(-1, -1, *t.shape[2:]))
 
-    factors = host_to_device([[w, h, w, h] for h, w in (
-        meta['img_shape'][:2] for meta in batch_img_metas)],
-                             pos_coords.coords).unsqueeze(1)  # (B, 1, 4)
+    factors = image_size_factors(batch_img_metas,
+                                 pos_coords.coords).unsqueeze(1)  # (B, 1, 4)
 
     slot_is_pos = torch.arange(num_slots, device=labels.device)[None] < \
         num_pos.clamp(max=num_slots)[:, None]  # (B, N)

@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch import distributed as dist
 
-from ..device_copies import host_to_device
+from ..device_copies import host_to_device, image_size_factors
 from ..precision.dtypes import at_least_float32
 
 
@@ -267,8 +267,7 @@ class BatchedMatchingDETRHead(DETRHead):
     @staticmethod
     def _image_factors(batch_img_metas: List[dict], like: Tensor) -> Tensor:
         """(bs, 4) ``[w, h, w, h]`` of each image, to de-normalise boxes."""
-        return host_to_device([[w, h, w, h] for h, w in (
-            meta['img_shape'][:2] for meta in batch_img_metas)], like)
+        return image_size_factors(batch_img_metas, like)
 
     def _per_layer(self, loss: Tensor, avg_factors: np.ndarray,
                    num_layers: int) -> Tuple[Tensor, ...]:

@@ -25,7 +25,7 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..device_copies import host_to_device
+from ..device_copies import image_size_factors
 
 
 def supports_batched_proposals(head, score_factors, rescale: bool,
@@ -115,8 +115,7 @@ def batched_rpn_proposals(head, cls_scores: List[Tensor],
         max_shape=None).view(num_imgs, -1, 4)
     if head.bbox_coder.clip_border:
         # delta2bbox's clamp_(min=0, max=w) of x, (min=0, max=h) of y
-        bounds = host_to_device([[w, h, w, h] for h, w in (
-            meta['img_shape'][:2] for meta in batch_img_metas)], bboxes)
+        bounds = image_size_factors(batch_img_metas, bboxes)
         bboxes = torch.minimum(bboxes.clamp(min=0), bounds[:, None, :])
 
     cfg = copy.deepcopy(cfg)
