@@ -118,3 +118,25 @@ def make_batch(model: torch.nn.Module,
     data = model.data_preprocessor(
         dict(inputs=inputs, data_samples=samples), training=training)
     return data['inputs'], data['data_samples']
+
+
+def profiled_training_step(model: torch.nn.Module, inputs: torch.Tensor,
+                           samples: Sequence[DetDataSample]):
+    """A training step (loss, backward, a zero-lr SGD step) for
+    ``projects.codetr.analysis.step_profile.profile_step``, with the
+    backward and optimizer labelled as the benchmark labels them; a list
+    ``calls`` on the returned function counts its calls."""
+    from torch.profiler import record_function
+    optim = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def step():
+        loss, _ = model.parse_losses(model.loss(inputs, samples))
+        with record_function('backward'):
+            loss.backward()
+        with record_function('optimizer'):
+            optim.step()
+            optim.zero_grad()
+        step.calls.append(1)
+
+    step.calls = []
+    return step

@@ -4,9 +4,13 @@ A training step is bound by the host when the GPU waits for Python to
 enqueue work. :func:`profile_step` runs a few steps under
 ``torch.profiler`` and reports, per step, the wall time, the GPU busy time
 (sum of kernel, memcpy and memset durations), the number of kernel
-launches and of host waits, in all and per stage of a Co-DETR step. A
-stage whose host time far exceeds its GPU time is launch-bound: fewer
-(larger) ops help it; one whose GPU time dominates needs faster kernels.
+launches and of host waits, and the host's time inside synchronising
+calls and copies, in all and per stage of a Co-DETR step. A stage whose
+host time far exceeds its GPU time is launch-bound: fewer (larger) ops
+help it; one whose GPU time dominates needs faster kernels. Host time
+spent waiting is GPU work that the host could have overlapped with
+issuing other work: a step whose host time is mostly issuing, not
+waiting, is bound by the host.
 
 :func:`stage_times` times the same stages by synchronising around each
 (slower, but without the profiler's overhead). Used by
@@ -72,13 +76,16 @@ def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
 
     Returns:
         dict: per-step ``wall_ms``, ``gpu_ms``, ``launches``, ``waits``
-        (stream/device/event synchronisations), ``d2h`` (device-to-host
-        copies), ``scalar_reads`` (``.item()``-like reads of CPU tensors
+        (stream/device/event synchronisations), ``wait_ms`` (host time
+        inside those and inside ``cudaMemcpyAsync``, which blocks for a
+        copy to pageable host memory), ``memcpy`` (copy calls),
+        ``scalar_reads`` (``.item()``-like reads of CPU tensors
         too, e.g. AdamW's step counters: not all wait for the GPU;
         ``count_host_syncs.py --device cuda`` counts those that do),
         ``stages``: label -> dict of
         ``host_ms`` (wall time of the stage on the host, its kernels
-        overlapping) and ``launches``, and ``top_kernels``: the 8 kernels
+        overlapping), ``wait_ms`` (the part of it in synchronising calls
+        and copies) and ``launches``, and ``top_kernels``: the 8 kernels
         of most GPU time, (name, ms per step).
     """
     targets = stage_methods(model)
@@ -110,7 +117,8 @@ def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
                    for e in events
                    if e.name in labels and e.device_type == cpu)
     starts = [s[0] for s in spans]
-    per_stage = collections.defaultdict(lambda: dict(host_ms=0., launches=0))
+    per_stage = collections.defaultdict(
+        lambda: dict(host_ms=0., wait_ms=0., launches=0))
     for start, end, name in spans:
         per_stage[name]['host_ms'] += (end - start) / 1e3 / steps
     counts = collections.Counter()
@@ -132,20 +140,26 @@ def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
             gpu_us += e.time_range.end - e.time_range.start
             kernels[e.name[:60]] += e.time_range.end - e.time_range.start
             continue
+        # the labelled span holding the event (spans do not nest)
+        i = bisect.bisect_right(starts, e.time_range.start) - 1
+        stage = spans[i][2] if i >= 0 and \
+            spans[i][1] >= e.time_range.start else None
         if e.name in LAUNCHES:
             counts['launches'] += 1
-            i = bisect.bisect_right(starts, e.time_range.start) - 1
-            # innermost labelled span holding the launch (spans do not nest)
-            if i >= 0 and spans[i][1] >= e.time_range.start:
-                per_stage[spans[i][2]]['launches'] += 1
-        elif e.name in WAITS:
-            counts['waits'] += 1
+            if stage:
+                per_stage[stage]['launches'] += 1
+        elif e.name in WAITS or e.name == 'cudaMemcpyAsync':
+            counts['waits' if e.name in WAITS else 'memcpy'] += 1
+            wait_ms = (e.time_range.end - e.time_range.start) / 1e3
+            counts['wait_ms'] += wait_ms
+            if stage:
+                per_stage[stage]['wait_ms'] += wait_ms
         elif e.name == 'aten::_local_scalar_dense':
             counts['scalar_reads'] += 1
-        elif e.name == 'cudaMemcpyAsync':
-            counts['memcpy'] += 1
     stages = {
-        k: dict(host_ms=v['host_ms'], launches=v['launches'] / steps)
+        k: dict(host_ms=v['host_ms'],
+                wait_ms=v['wait_ms'] / steps,
+                launches=v['launches'] / steps)
         for k, v in per_stage.items()
     }
     return dict(
@@ -153,6 +167,7 @@ def profile_step(model, step: Callable[[], None], steps: int = 3) -> Dict:
         gpu_ms=gpu_us / 1e3 / steps,
         launches=counts['launches'] / steps,
         waits=counts['waits'] / steps,
+        wait_ms=counts['wait_ms'] / steps,
         memcpy=counts['memcpy'] / steps,
         scalar_reads=counts['scalar_reads'] / steps,
         stages=stages,
@@ -167,12 +182,14 @@ def format_profile(name: str, result: Dict) -> str:
         f"{result['gpu_ms']:.1f} ms ({busy:.0%}), "
         f"{result['launches']:.0f} kernel launches, "
         f"{result['waits']:.0f} synchronisations, {result['memcpy']:.0f} "
-        f"memcpy calls, {result['scalar_reads']:.0f} scalar reads (CPU "
-        'tensors included) per step'
+        f"memcpy calls (host waiting in them {result['wait_ms']:.1f} ms), "
+        f"{result['scalar_reads']:.0f} scalar reads (CPU tensors included) "
+        'per step'
     ]
     for label, stage in sorted(
             result['stages'].items(), key=lambda kv: -kv[1]['host_ms']):
-        lines.append(f"  {label:45s} host {stage['host_ms']:7.1f} ms  "
+        lines.append(f"  {label:45s} host {stage['host_ms']:7.1f} ms "
+                     f"(waiting {stage['wait_ms']:6.1f})  "
                      f"{stage['launches']:6.0f} launches")
     for kernel, ms in result['top_kernels']:
         lines.append(f'  GPU {ms:6.2f} ms  {kernel}')
