@@ -16,11 +16,14 @@ cut counts as moved):
 - fp16 (``torch.autocast``): the backbone, projections and heads run in
   half precision, the deformable-attention sampling and the
   post-processing in fp32. The two-stage families select their queries by
-  a top-k of the encoder's scores, whose near ties fp16 can reorder; in
-  Co-DINO a query's content is tied to its rank, so one swap changes the
-  detections of the trained model by up to ~0.06 in score, an amount
-  that varies from run to run (the training's atomics make every run's
-  weights differ). The numerical path is therefore compared with the
+  a top-k of the encoder's scores, whose near ties fp16 can reorder, and
+  with mixed query selection (Co-Deformable-DETR and Co-DINO) a query's
+  content embedding belongs to its rank: one reordered pair moved the
+  trained models' sorted scores by up to 0.048 and paired scores by up to
+  0.083 on an H200, by amounts that vary from training to training (the
+  GPU's atomics make every run's weights differ), and given the fp32
+  order the same runs moved by at most 4.2e-4 (12 trainings of 4
+  families). The numerical path is therefore compared with the
   fp32 run's selection replayed in the fp16 run (``SelectionReplay``):
   the sorted scores of each image move by at most FP16_SCORE_ATOL.
   Without the replay, paired detections lie within the pairing radius
