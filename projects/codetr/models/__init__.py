@@ -24,7 +24,8 @@ The folders follow the method:
 - ``data_preprocessors/``: :class:`BatchPadToMultiple`, training batches
   padded to few distinct shapes (cuDNN plans are built once per shape).
 - ``losses/``: losses that reproduce a DETR codebase's arithmetic where
-  mmdet's differs (:class:`NormalizedGIoULoss`).
+  mmdet's differs (:class:`NormalizedGIoULoss`), and mmdet's GIoU loss with
+  its gradient in closed form (:class:`AnalyticGIoULoss`).
 - ``positive_coords.py``: the interface between the two kinds of head:
   what an auxiliary head hands over (:class:`PositiveCoords`) and the
   targets a query head builds from it.
@@ -32,7 +33,7 @@ The folders follow the method:
 from .aux_heads import CoATSSHead, CoFCOSHead, CoStandardRoIHead
 from .data_preprocessors import BatchPadToMultiple
 from .detectors import CoDETR
-from .losses import NormalizedGIoULoss
+from .losses import AnalyticGIoULoss, NormalizedGIoULoss
 from .positive_coords import AuxQueryTargets, PositiveCoords, build_aux_targets
 from .precision import AnyDtypeCrossEntropyLoss, AnyDtypeDeltaXYWHBBoxCoder
 from .query_heads import CoDeformDETRHead, CoDINOHead, CoQueryHeadMixin
@@ -53,5 +54,5 @@ __all__ = [
     'CoDinoTransformerDecoder', 'CoTransformerBase', 'CachedAnchorGenerator',
     'SyncFreeMaxIoUAssigner', 'AnyDtypeCrossEntropyLoss',
     'AnyDtypeDeltaXYWHBBoxCoder', 'CoDABDeformableDetrTransformer',
-    'NormalizedGIoULoss', 'BatchPadToMultiple'
+    'NormalizedGIoULoss', 'AnalyticGIoULoss', 'BatchPadToMultiple'
 ]

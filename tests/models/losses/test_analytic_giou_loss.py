@@ -1,0 +1,188 @@
+"""AnalyticGIoULoss (projects/codetr/models/losses): mmdet's GIoULoss, value
+for value, with the gradient in closed form and no read of the device.
+
+References: mmdet's ``GIoULoss`` (autograd through ``bbox_overlaps``) for
+values and gradients, including autograd's conventions at ties and at the
+clamps; finite differences (``gradcheck``) away from them; a training step
+of a tiny K=2 model with one loss and with the other.
+"""
+import copy
+
+import pytest
+import torch
+from codetr_testing import build_model, make_batch, tiny_model_cfg
+from mmdet.models.losses import GIoULoss
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from projects.codetr.models.losses import AnalyticGIoULoss
+from projects.codetr.models.losses.analytic_giou_loss import AlignedGIoU
+
+
+def boxes_with_kinks(dtype: torch.dtype, n: int = 120, seed: int = 0):
+    """Random (pred, target) pixel boxes, and rows at every kink of the
+    GIoU: equal boxes, shared edges, touching and disjoint boxes,
+    zero-area predictions and targets, a prediction inside its target."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def boxes():
+        xy = torch.rand(n, 2, generator=gen, dtype=dtype) * 100
+        return torch.cat(
+            [xy, xy + torch.rand(n, 2, generator=gen, dtype=dtype) * 60], 1)
+
+    pred, target = boxes(), boxes()
+    pred[:10] = target[:10]  # equal: every max and min ties
+    pred[10:20, 0] = target[10:20, 0]  # one shared edge
+    pred[20:30, 2:] = target[20:30, 2:]
+    pred[30:40, 0] = target[30:40, 2]  # touching: zero-width intersection
+    pred[40:50] = target[40:50] + 500  # disjoint
+    pred[50:60, 2] = pred[50:60, 0]  # zero-width prediction
+    target[60:70, 3] = target[60:70, 1]  # zero-height target
+    pred[70:80] = target[70:80] + torch.tensor([5, 5, -5, -5], dtype=dtype)
+    pred[80:85] = 0  # empty union: the eps bounds bind
+    target[80:85] = 0
+    target[85:90, 3] = target[85:90, 1]  # a segment, the enclosing area 0
+    pred[85:90] = target[85:90]
+    weight = torch.rand(n, generator=gen, dtype=dtype)
+    weight[::9] = 0
+    return pred, target, weight
+
+
+def loss_and_grad(loss_cls, pred, target, **kwargs):
+    pred = pred.clone().requires_grad_()
+    loss = loss_cls(loss_weight=2.0)(pred, target, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), pred.grad
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('case', ['weight', 'box_weight', 'none', 'sum'])
+def test_values_equal_mmdets_and_gradients_agree_at_every_kink(dtype, case):
+    pred, target, weight = boxes_with_kinks(dtype)
+    kwargs = dict(
+        weight=dict(weight=weight, avg_factor=37.0),
+        box_weight=dict(weight=weight[:, None].expand(-1, 4).contiguous()),
+        none=dict(reduction_override='none'),
+        sum=dict(weight=weight, reduction_override='sum'))[case]
+    ours, ours_grad = loss_and_grad(AnalyticGIoULoss, pred, target, **kwargs)
+    ref, ref_grad = loss_and_grad(GIoULoss, pred, target, **kwargs)
+    assert torch.equal(ours, ref)  # the same operations in the same order
+    # another association of the same products: rounding only
+    rtol = dict({torch.float32: 1e-5, torch.float64: 1e-12})[dtype]
+    torch.testing.assert_close(
+        ours_grad, ref_grad, rtol=rtol, atol=rtol * ref_grad.abs().max())
+    # the kinks' rows carry gradient where autograd gives one
+    assert (ref_grad[:90] != 0).any()
+
+
+def test_ties_split_the_gradient_as_autograd_does():
+    # pred's x1 ties target's x1: max and min each pass half to pred
+    pred = torch.tensor([[10., 10., 50., 40.]], dtype=torch.float64)
+    target = torch.tensor([[10., 20., 60., 50.]], dtype=torch.float64)
+    ours = loss_and_grad(AnalyticGIoULoss, pred, target)[1]
+    ref = loss_and_grad(GIoULoss, pred, target)[1]
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-15)
+    # a derivative that takes the whole gradient from either side differs
+    nudged = loss_and_grad(GIoULoss, pred + torch.tensor([[1e-9, 0, 0, 0]],
+                                                         dtype=torch.float64),
+                           target)[1]
+    assert not torch.allclose(ours[0, 0], nudged[0, 0], rtol=1e-3)
+
+
+def test_gradient_matches_finite_differences_away_from_kinks():
+    gen = torch.Generator().manual_seed(3)
+    xy = torch.rand(2, 6, 2, generator=gen, dtype=torch.float64)
+    pred = torch.cat([xy, xy + 0.3 + torch.rand(2, 6, 2, generator=gen,
+                                                dtype=torch.float64)], -1)
+    target = pred.detach() + 0.1 * torch.randn(
+        2, 6, 4, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p: AlignedGIoU.apply(p, target, 1e-6),
+        (pred.requires_grad_(), ))
+
+
+def test_zero_weights_empty_inputs_and_a_target_with_gradient():
+    pred, target, _ = boxes_with_kinks(torch.float64, n=90)
+    zero = torch.zeros(90, dtype=torch.float64)
+    for loss_cls in (AnalyticGIoULoss, GIoULoss):
+        loss, grad = loss_and_grad(loss_cls, pred, target, weight=zero)
+        assert loss.item() == 0 and not grad.any()
+        loss, grad = loss_and_grad(loss_cls, pred[:0], target[:0],
+                                   weight=zero[:0])
+        assert loss.item() == 0 and grad.shape == (0, 4)
+    # a target that needs a gradient takes mmdet's computation
+    tgt = target.clone().requires_grad_()
+    AnalyticGIoULoss()(pred, tgt).backward()
+    ref = target.clone().requires_grad_()
+    GIoULoss()(pred, ref).backward()
+    assert torch.equal(tgt.grad, ref.grad)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts the operations that read a value back to the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ('_local_scalar_dense',
+                                            'is_nonzero', 'item'):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_reads_nothing_from_the_device_where_mmdets_reads():
+    pred, target, weight = boxes_with_kinks(torch.float32)
+    counts = {}
+    for loss_cls in (AnalyticGIoULoss, GIoULoss):
+        with ScalarReads() as reads:
+            loss_and_grad(loss_cls, pred, target, weight=weight,
+                          avg_factor=3.0)
+        counts[loss_cls] = reads.count
+    assert counts[AnalyticGIoULoss] == 0
+    assert counts[GIoULoss] >= 1  # its zero-weight check
+
+
+def giou_to_analytic(cfg):
+    """The config with every ``GIoULoss`` an ``AnalyticGIoULoss``; the
+    number replaced."""
+    count = 0
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'GIoULoss':
+            cfg['type'] = 'AnalyticGIoULoss'
+            count += 1
+        count += sum(giou_to_analytic(v) for v in cfg.values())
+    elif isinstance(cfg, (list, tuple)):
+        count += sum(giou_to_analytic(v) for v in cfg)
+    return count
+
+
+def test_a_k2_training_step_is_mmdets_to_rounding():
+    base = tiny_model_cfg()
+    results = []
+    for analytic in (False, True):
+        cfg = copy.deepcopy(base)
+        if analytic:
+            # the query head's, the RoI head's and ATSS's
+            assert giou_to_analytic(cfg) == 3
+        model = build_model(cfg).double().train()
+        inputs, samples = make_batch(model)
+        for sample in samples:
+            sample.gt_instances.bboxes = sample.gt_instances.bboxes.double()
+        torch.manual_seed(1)  # the RPN's and RoI head's sampling
+        losses = model.loss(inputs.double(), samples)
+        total, _ = model.parse_losses(losses)
+        total.backward()
+        results.append((losses, {
+            name: p.grad
+            for name, p in model.named_parameters() if p.grad is not None
+        }))
+    (losses, grads), (losses_a, grads_a) = results
+    assert losses.keys() == losses_a.keys()
+    for key in losses:
+        assert torch.equal(torch.as_tensor(losses[key]),
+                           torch.as_tensor(losses_a[key])), key
+    assert grads.keys() == grads_a.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_a[name], grad, rtol=1e-10,
+                                   atol=1e-12 * grad.abs().max()), name
