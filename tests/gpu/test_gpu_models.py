@@ -19,16 +19,18 @@ cut counts as moved):
   a top-k of the encoder's scores, whose near ties fp16 can reorder, and
   with mixed query selection (Co-Deformable-DETR and Co-DINO) a query's
   content embedding belongs to its rank: one reordered pair moved the
-  trained models' sorted scores by up to 0.048 and paired scores by up to
+  trained models' sorted scores by up to 0.057 and paired scores by up to
   0.083 on an H200, by amounts that vary from training to training (the
   GPU's atomics make every run's weights differ), and given the fp32
-  order the same runs moved by at most 4.2e-4 (12 trainings of 4
-  families). The numerical path is therefore compared with the
-  fp32 run's selection replayed in the fp16 run (``SelectionReplay``):
-  the sorted scores of each image move by at most FP16_SCORE_ATOL.
-  Without the replay, paired detections lie within the pairing radius
-  (1 px) and at most FP16_MOVED_FRACTION of the detections are replaced
-  by others.
+  order they moved by at most 4.2e-4 (19 measurements: 12 trainings of
+  4 families and a suite run of all 7). The numerical path is therefore
+  compared with the fp32 run's selection replayed in the fp16 run
+  (``SelectionReplay``):
+  the sorted scores of each image move by at most
+  FP16_REPLAYED_SCORE_ATOL and at most FP16_REPLAYED_MOVED_FRACTION of the
+  detections are replaced. Without the replay, paired detections lie
+  within the pairing radius (1 px) and at most FP16_MOVED_FRACTION of the
+  detections are replaced by others.
 
 Co-DINO's fp16 inference stopped with ``RuntimeError: expected scalar type
 Float but found Half`` before the query head handed float32 boxes and
@@ -36,6 +38,7 @@ scores to its soft-NMS (mmcv's CPU kernel reads float32 only).
 """
 import copy
 from contextlib import contextmanager
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -67,6 +70,11 @@ GRAPH_BOUND = dict(box=1e-3, score=1e-5, moved=0)
 # that other ones replaced (the untrained heads' scores are close together)
 FP16_SCORE_ATOL = 5e-2
 FP16_MOVED_FRACTION = 0.5
+# the same given the fp32 run's query selection: ~10x the worst of 19
+# measurements on an H200 (4.2e-4, none replaced); the replaced share
+# allows near-tied final scores at the top-k cut
+FP16_REPLAYED_SCORE_ATOL = 5e-3
+FP16_REPLAYED_MOVED_FRACTION = 0.05
 
 
 @pytest.fixture(scope='module', params=sorted(FAMILIES))
@@ -150,10 +158,15 @@ def sorted_score_difference(ours, reference) -> float:
     return score
 
 
-def check_fp16(name: str, what: str, ours, reference,
-               scores: bool = True) -> None:
+def check_fp16(name: str,
+               what: str,
+               ours,
+               reference,
+               score_atol: Optional[float] = FP16_SCORE_ATOL,
+               moved_fraction: float = FP16_MOVED_FRACTION) -> None:
     """fp16 detections against fp32 ones (see the module's docstring):
-    the detections moved, and with ``scores`` the sorted scores."""
+    the detections moved, and the sorted scores unless ``score_atol`` is
+    None."""
     worst = worst_compare(ours, reference)
     score = sorted_score_difference(ours, reference)
     count = sum(len(c) for image in reference for c in image)
@@ -161,9 +174,9 @@ def check_fp16(name: str, what: str, ours, reference,
     record(f'{name}: {what} vs eager fp32', sorted_score=score,
            moved=worst['moved'], of=count, paired_box=worst['box'],
            paired_score=worst['score'])
-    if scores:
-        assert score <= FP16_SCORE_ATOL, score
-    assert worst['moved'] <= FP16_MOVED_FRACTION * count, worst
+    if score_atol is not None:
+        assert score <= score_atol, score
+    assert worst['moved'] <= moved_fraction * count, worst
 
 
 class SelectionReplay:
@@ -190,14 +203,18 @@ class SelectionReplay:
     @contextmanager
     def recording(self):
         self.mode, self.saved = 'record', []
-        yield
-        self.mode = None
+        try:
+            yield
+        finally:
+            self.mode = None
 
     @contextmanager
     def replaying(self):
         self.mode = 'replay'
-        yield
-        self.mode = None
+        try:
+            yield
+        finally:
+            self.mode = None
         assert not self.saved  # every recorded selection was replayed
 
 
@@ -217,7 +234,8 @@ def test_inference_matches_eager_fp32(family, batch, mode, monkeypatch):
     with selection.recording():
         reference = detections(model, inputs, samples)
     assert sum(len(c) for image in reference for c in image) > 0
-    two_stage = name not in ('dab_k0', 'dab_k2')
+    # one query selection per prediction in the two-stage transformers
+    two_stage = model.query_head.transformer.as_two_stage
     assert len(selection.saved) == int(two_stage)
     again = worst_compare(detections(model, inputs, samples), reference)
     assert again == dict(box=0.0, score=0.0, moved=0)  # eager reproduces
@@ -234,8 +252,9 @@ def test_inference_matches_eager_fp32(family, batch, mode, monkeypatch):
         with selection.replaying():
             replayed = detections(model, inputs, samples, fp16=True)
         check_fp16(name, 'inference fp16, fp32 query selection', replayed,
-                   reference)
-        check_fp16(name, 'inference fp16', ours, reference, scores=False)
+                   reference, FP16_REPLAYED_SCORE_ATOL,
+                   FP16_REPLAYED_MOVED_FRACTION)
+        check_fp16(name, 'inference fp16', ours, reference, score_atol=None)
     # the graph replays eager inference of the same precision
     worst = worst_compare(ours, eager)
     record(f'{name}: inference {mode} vs eager of its precision', **worst)

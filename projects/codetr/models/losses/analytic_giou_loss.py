@@ -13,8 +13,15 @@ operation, inside one ``torch.autograd.Function`` whose backward applies
 the chain rule in closed form, with autograd's own conventions at the
 kinks: ``maximum``/``minimum`` pass half the gradient to each side on a
 tie, ``clamp`` passes it at the bound. Gradients agree with mmdet's to
-rounding (another association of the same products). It reads nothing
-from the device: with all weights zero the weighted sum is zero as well.
+rounding (another association of the same products). Like mmdet's, it
+computes an fp16 ``pred`` in fp32 and returns the GIoU in fp16.
+
+It reads nothing from the device. mmdet's loss returns ``(pred *
+weight).sum()`` when no weight is positive; this one computes the loss,
+which gives the same zero for finite boxes, except that reduction
+``'none'`` then returns per-box zeros instead of a 0-d zero, and that a
+non-finite box with a zero weight makes the gradient NaN instead of zero
+(so does it in mmdet's whenever some other weight is positive).
 """
 from typing import Optional, Tuple, Union
 
@@ -24,6 +31,7 @@ from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS
 from mmdet.structures.bbox.bbox_overlaps import fp16_clamp
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def _upper(a: Tensor, b: Union[Tensor, float]) -> Tensor:
@@ -75,6 +83,7 @@ class AlignedGIoU(torch.autograd.Function):
         return ious - (enclose_c - union_c) / enclose_c
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], None, None]:
         """d loss / d pred, (..., n, 4), from d loss / d GIoU, (..., n)."""
         (pred, target, wh1, inner, wh, ious, union, union_c, outer,
@@ -138,6 +147,10 @@ class AnalyticGIoULoss(GIoULoss):
             weight = weight.mean(-1)
         if weight is not None and pred.numel() == 0:
             return pred.sum() * weight.sum()  # mmdet's zero of no boxes
-        loss = 1 - AlignedGIoU.apply(pred, target, self.eps)
+        # mmdet's giou_loss: fp16 boxes in fp32 (areas overflow fp16)
+        fp16 = pred.dtype == torch.float16
+        gious = AlignedGIoU.apply(pred.float() if fp16 else pred, target,
+                                  self.eps)
+        loss = 1 - (gious.half() if fp16 else gious)
         return self.loss_weight * weight_reduce_loss(loss, weight, reduction,
                                                      avg_factor)
