@@ -161,8 +161,8 @@ class BatchedMatchingDETRHead(DETRHead):
         """
         num_layers, bs, num_queries, channels = cls_scores.shape
         # one host-to-device copy of the image sizes, for matching and loss
-        factors = self._image_factors(batch_img_metas,
-                                      at_least_float32(bbox_preds))
+        factors = image_size_factors(batch_img_metas,
+                                     at_least_float32(bbox_preds))
         (labels, label_weights, bbox_targets, bbox_weights,
          num_pos) = self.hungarian_targets(cls_scores, bbox_preds,
                                            batch_gt_instances,
@@ -264,11 +264,6 @@ class BatchedMatchingDETRHead(DETRHead):
             is_aligned=True)
         return labels, torch.where(is_pos, ious, ious.new_zeros(()))
 
-    @staticmethod
-    def _image_factors(batch_img_metas: List[dict], like: Tensor) -> Tensor:
-        """(bs, 4) ``[w, h, w, h]`` of each image, to de-normalise boxes."""
-        return image_size_factors(batch_img_metas, like)
-
     def _per_layer(self, loss: Tensor, avg_factors: np.ndarray,
                    num_layers: int) -> Tuple[Tensor, ...]:
         """Sum an element-wise loss per layer and divide by its factor.
@@ -319,7 +314,7 @@ class BatchedMatchingDETRHead(DETRHead):
         scores = torch.nan_to_num(at_least_float32(cls_scores), 0.0, 0.0, 0.0)
         preds = torch.nan_to_num(at_least_float32(bbox_preds), 0.5, 1.0, 0.0)
         if factors is None:
-            factors = self._image_factors(batch_img_metas, preds)
+            factors = image_size_factors(batch_img_metas, preds)
         costs = []
         for img, (gt, meta) in enumerate(zip(batch_gt_instances,
                                              batch_img_metas)):

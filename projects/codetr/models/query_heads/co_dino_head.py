@@ -13,7 +13,7 @@ from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..device_copies import host_to_device
+from ..device_copies import host_to_device, image_size_factors
 from ..precision.any_dtype_nms import any_dtype_nms_cfg
 from .batched_detr_loss import BatchedMatchingDETRHead
 from .co_query_head_mixin import CoQueryHeadMixin
@@ -51,13 +51,17 @@ class CoCdnQueryGenerator(CdnQueryGenerator):
             num_matching) bool and ``dn_meta`` (``num_denoising_queries``,
             ``num_denoising_groups``).
         """
-        gt_labels, gt_bboxes = [], []
-        for sample in batch_data_samples:
-            img_h, img_w = sample.img_shape
-            bboxes = sample.gt_instances.bboxes
-            factor = host_to_device([[img_w, img_h, img_w, img_h]], bboxes)
-            gt_bboxes.append(bboxes / factor)
-            gt_labels.append(sample.gt_instances.labels)
+        # one copy of all images' [w, h, w, h]
+        factors = image_size_factors(
+            [sample.metainfo for sample in batch_data_samples],
+            batch_data_samples[0].gt_instances.bboxes)
+        gt_bboxes = [
+            sample.gt_instances.bboxes / factors[i:i + 1]
+            for i, sample in enumerate(batch_data_samples)
+        ]
+        gt_labels = [
+            sample.gt_instances.labels for sample in batch_data_samples
+        ]
         counts = [len(labels) for labels in gt_labels]
         max_num_target = max(counts)
         num_groups = self.get_num_groups(max_num_target)
@@ -380,7 +384,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             cls_avg=np.full(num_layers,
                             num_pos * 1.0 + num_neg * self.bg_cls_weight),
             reg_avg=np.full(num_layers, float(num_pos)),
-            factors=self._image_factors(batch_img_metas, bbox_preds))
+            factors=image_size_factors(batch_img_metas, bbox_preds))
 
     def _get_dn_targets_single(self, gt_instances: InstanceData,
                                img_meta: dict, dn_meta: Dict[str,
@@ -425,9 +429,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         bbox_targets = gt_bboxes.new_zeros(num_denoising_queries, 4)
         bbox_weights = gt_bboxes.new_zeros(num_denoising_queries, 4)
         bbox_weights[pos_inds] = 1.0
-        img_h, img_w = img_meta['img_shape']
-        factor = host_to_device([img_w, img_h, img_w, img_h],
-                                gt_bboxes).unsqueeze(0)
+        factor = image_size_factors([img_meta], gt_bboxes)
         bbox_targets[pos_inds] = bbox_xyxy_to_cxcywh(
             gt_bboxes / factor).repeat([num_groups, 1])
         return (labels, label_weights, bbox_targets, bbox_weights, pos_inds,
