@@ -31,7 +31,7 @@ model = dict(
             # (ATSS's own recipe uses 2.0).
             loss_cls=_base_.model.bbox_head.atss.loss_cls,
             loss_bbox=dict(
-                type='GIoULoss', loss_weight=1.0 * _base_.aux_weight),
+                type='AnalyticGIoULoss', loss_weight=1.0 * _base_.aux_weight),
             loss_centerness=_base_.model.bbox_head.atss.loss_centerness,
             # As the ATSS head, for 'one-stage' evaluation.
             test_cfg=_base_.model.bbox_head.atss.test_cfg)))

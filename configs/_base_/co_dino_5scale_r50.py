@@ -99,7 +99,8 @@ model = dict(
             beta=2.0,
             loss_weight=1.0),
         loss_bbox=dict(type='L1Loss', loss_weight=5.0),
-        loss_iou=dict(type='GIoULoss', loss_weight=2.0),
+        # mmdet's GIoULoss with its gradient in closed form (same values)
+        loss_iou=dict(type='AnalyticGIoULoss', loss_weight=2.0),
         train_cfg=dict(
             assigner=dict(
                 type='HungarianAssigner',

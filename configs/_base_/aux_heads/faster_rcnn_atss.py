@@ -58,7 +58,12 @@ model = dict(
         proposal_cfg=dict(
             nms_pre=4000,
             max_per_img=1000,
-            nms=dict(type='nms', iou_threshold=0.7),
+            # One NMS call over the 5 x 4000 boxes of an image: mmcv loops
+            # over the levels from `split_thr` (10000) boxes on, with a
+            # device read per level. Both use the same level-offset boxes,
+            # so they keep the same proposals in the same order; only
+            # exactly equal scores may come out in another order.
+            nms=dict(type='nms', iou_threshold=0.7, split_thr=100000),
             min_bbox_size=0),
         test_cfg=dict(
             nms_pre=1000,
@@ -88,7 +93,8 @@ model = dict(
                     type='CrossEntropyLoss',
                     use_sigmoid=False,
                     loss_weight=1.0 * aux_weight),
-                loss_bbox=dict(type='GIoULoss',
+                # mmdet's GIoULoss in one autograd node (see the query head)
+                loss_bbox=dict(type='AnalyticGIoULoss',
                                loss_weight=10.0 * aux_weight)),
             train_cfg=dict(
                 # mmdet's MaxIoUAssigner, same assignment, no device reads
@@ -135,7 +141,8 @@ model = dict(
                 gamma=2.0,
                 alpha=0.25,
                 loss_weight=1.0 * aux_weight),
-            loss_bbox=dict(type='GIoULoss', loss_weight=2.0 * aux_weight),
+            loss_bbox=dict(
+                type='AnalyticGIoULoss', loss_weight=2.0 * aux_weight),
             loss_centerness=dict(
                 type='CrossEntropyLoss',
                 use_sigmoid=True,

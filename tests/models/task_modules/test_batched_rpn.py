@@ -20,6 +20,7 @@ from scipy.stats import chi2
 from test_sync_free_targets import WaitCounter
 
 import projects.codetr  # noqa: F401  (registers the head)
+from projects.codetr.models.precision import nms
 from projects.codetr.models.task_modules.batched_anchor_targets import (
     batched_max_iou_assign, batched_random_sample, pad_gt_instances)
 
@@ -279,3 +280,61 @@ def test_ignored_boxes_take_mmdets_path_only_where_the_assigner_uses_them():
     head = build_head(True, assigner=dict(ignore_iof_thr=0.5))
     assert not supports_batched_targets(head, anchors, crowd, True, False)
     assert supports_batched_targets(head, anchors, None, True, False)
+
+
+def distinct_outputs(dtype, seed):
+    """RPN outputs whose sigmoid scores are all distinct (logits a
+    permutation of evenly spaced values in [-6, 6]): the NMS's order is its
+    scores'."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [9 * h * w for h, w in FEATMAP_SIZES]
+    logits = torch.stack([
+        torch.randperm(sum(sizes), generator=g) for _ in range(3)
+    ]).to(dtype) * (12 / sum(sizes)) - 6
+    cls_scores = [
+        level.reshape(3, h, w, 9).permute(0, 3, 1, 2)
+        for level, (h, w) in zip(logits.split(sizes, 1), FEATMAP_SIZES)
+    ]
+    bbox_preds = [torch.randn(3, 36, h, w, generator=g).to(dtype)
+                  for h, w in FEATMAP_SIZES]
+    return cls_scores, bbox_preds
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_one_nms_call_keeps_the_per_level_loops_proposals(dtype):
+    """The config's ``split_thr`` sends all levels' boxes through one NMS
+    call; mmcv's loop over the levels (which it takes from ``split_thr``
+    boxes on, forced here with 0) keeps the same proposals in the same
+    order wherever no two scores are equal."""
+    _, cfg = rpn_cfg()
+    assert cfg.nms.split_thr > len(STRIDES) * cfg.nms_pre
+    assert cfg.nms.type == 'nms'
+    calls = []
+
+    def counted_nms(*args, **kwargs):
+        calls.append(len(args[0]))
+        return nms(*args, **kwargs)
+
+    one_call, looped = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    one_call.nms.type = looped.nms.type = counted_nms
+    looped.nms.split_thr = 0
+    _, metas = random_batch([0, 0, 0], 0)
+    ours, ref = build_head(True, dtype), build_head(False, dtype)
+    num_boxes = sum(9 * h * w for h, w in FEATMAP_SIZES)
+    for seed in range(3):
+        cls_scores, bbox_preds = distinct_outputs(dtype, seed)
+        scores = torch.cat([s.flatten(1) for s in cls_scores], 1).sigmoid()
+        for row in scores:  # distinct within each image
+            assert row.unique().numel() == row.numel()
+        calls.clear()
+        a = ours.predict_by_feat(cls_scores, bbox_preds,
+                                 batch_img_metas=metas, cfg=one_call)
+        assert len(calls) == 3  # one call per image
+        calls.clear()
+        b = ref.predict_by_feat(cls_scores, bbox_preds,
+                                batch_img_metas=metas, cfg=looped)
+        assert len(calls) == 3 * len(STRIDES)  # one per image and level
+        for x, y in zip(a, b):
+            assert 100 < len(y) < num_boxes  # NMS removed some, kept many
+            assert torch.equal(x.bboxes, y.bboxes)
+            assert torch.equal(x.scores, y.scores)
