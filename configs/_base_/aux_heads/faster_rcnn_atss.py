@@ -58,11 +58,13 @@ model = dict(
         proposal_cfg=dict(
             nms_pre=4000,
             max_per_img=1000,
-            # One NMS call over the 5 x 4000 boxes of an image: mmcv loops
-            # over the levels from `split_thr` (10000) boxes on, with a
-            # device read per level. Both use the same level-offset boxes,
-            # so they keep the same proposals in the same order; only
-            # exactly equal scores may come out in another order.
+            # One NMS call over an image's 4000 boxes per level (5 levels,
+            # 6 in Co-DINO): mmcv loops over the levels from `split_thr`
+            # (10000) boxes on, with a device read per level. Both paths
+            # use the same level-offset boxes, so they keep the same
+            # proposals in the same order unless scores are exactly equal,
+            # where the sort's order picks the survivor
+            # (docs/performance.md, the RPN's training NMS).
             nms=dict(type='nms', iou_threshold=0.7, split_thr=100000),
             min_bbox_size=0),
         test_cfg=dict(

@@ -317,10 +317,11 @@ def test_one_nms_call_keeps_the_per_level_loops_proposals(dtype):
 
     one_call, looped = copy.deepcopy(cfg), copy.deepcopy(cfg)
     one_call.nms.type = looped.nms.type = counted_nms
+    # no cut after the NMS: what it removed shows in the counts
+    one_call.max_per_img = looped.max_per_img = 10**6
     looped.nms.split_thr = 0
     _, metas = random_batch([0, 0, 0], 0)
     ours, ref = build_head(True, dtype), build_head(False, dtype)
-    num_boxes = sum(9 * h * w for h, w in FEATMAP_SIZES)
     for seed in range(3):
         cls_scores, bbox_preds = distinct_outputs(dtype, seed)
         scores = torch.cat([s.flatten(1) for s in cls_scores], 1).sigmoid()
@@ -330,11 +331,12 @@ def test_one_nms_call_keeps_the_per_level_loops_proposals(dtype):
         a = ours.predict_by_feat(cls_scores, bbox_preds,
                                  batch_img_metas=metas, cfg=one_call)
         assert len(calls) == 3  # one call per image
+        num_boxes = list(calls)
         calls.clear()
         b = ref.predict_by_feat(cls_scores, bbox_preds,
                                 batch_img_metas=metas, cfg=looped)
         assert len(calls) == 3 * len(STRIDES)  # one per image and level
-        for x, y in zip(a, b):
-            assert 100 < len(y) < num_boxes  # NMS removed some, kept many
+        for x, y, n in zip(a, b, num_boxes):
+            assert 100 < len(y) < 0.9 * n  # NMS removed some, kept many
             assert torch.equal(x.bboxes, y.bboxes)
             assert torch.equal(x.scores, y.scores)

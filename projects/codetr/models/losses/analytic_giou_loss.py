@@ -6,7 +6,7 @@ mmdet's ``GIoULoss`` computes the aligned GIoU with ``bbox_overlaps``
 node of its own, about 90 operations in all, and the loss first reads the
 device (``torch.any(weight > 0)``) and copies ``eps`` to it. On a GPU,
 where the Co-DETR training step is bound by the host issuing kernels
-(docs/performance.md), a K=2 step calls it about ten times.
+(docs/performance.md), a K=2 step calls it five times.
 
 :class:`AnalyticGIoULoss` computes the same values, operation for
 operation, inside one ``torch.autograd.Function`` whose backward applies

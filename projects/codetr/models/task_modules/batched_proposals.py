@@ -14,11 +14,11 @@ in the group ids) would shift each image's boxes by another offset than
 mmdet's, which rounds the coordinates the IoUs are computed from
 differently, and above ``split_thr`` boxes it takes mmcv's per-group loop,
 whose order among equal scores differs; neither keeps the result mmdet's.
-Within an image, the configs set ``split_thr`` above its 5 x ``nms_pre``
-boxes, so that mmcv's one-call path (the same level-offset boxes as its
-loop, without the loop's read per level) keeps them: the same proposals in
-the same order unless two scores are equal
-(``tests/models/task_modules/test_batched_rpn.py``).
+Within an image, the configs set ``split_thr`` above its levels x
+``nms_pre`` boxes, so that mmcv's one-call path (the same level-offset
+boxes as its loop, without the loop's read per level) keeps them: the
+same proposals in the same order unless two scores are exactly equal
+(``tests/models/task_modules/test_batched_rpn.py``; docs/performance.md).
 """
 import copy
 from typing import List
