@@ -6,10 +6,28 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.config import Config, ConfigDict
 from mmengine.structures import InstanceData
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 R50_CONFIG = osp.join(REPO_ROOT, 'configs',
                       'co_deformable_detr_r50_1x_coco.py')
+# ops that wait for the device when run on a GPU
+WAITING_OPS = ('nonzero', '_local_scalar_dense', 'masked_select', 'unique')
+
+
+class WaitCounter(TorchDispatchMode):
+    """Counts the dispatched ops that would make the host wait on a GPU
+    (the CPU dispatches them alike); ``waits`` lists their names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split('.')[0]
+        if name in WAITING_OPS:
+            self.waits.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 def load_config(path: str = R50_CONFIG) -> Config:

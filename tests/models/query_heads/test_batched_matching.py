@@ -57,13 +57,11 @@ def test_losses_and_gradients_equal_mmdets(head_outputs):
         # factor), ours are scalars like the others
         assert ours[key].numel() == ref[key].numel() == 1, key
         ours[key], ref[key] = ours[key].reshape(()), ref[key].reshape(())
-        if 'bbox' in key:
-            # L1 weight 5 applied before the sum instead of after: rounding
-            torch.testing.assert_close(
-                ours[key], ref[key], rtol=1e-6, atol=0, msg=key)
-        else:  # weights 1 and 2 (powers of two): the same float32 values
-            assert torch.equal(ours[key], ref[key]), \
-                (key, ours[key].item(), ref[key].item())
+        # the same terms summed in another order (the L1 weight 5 applied
+        # before the sum instead of after): float32 rounding. Not equality:
+        # the order of a CPU reduction depends on the CPU's vector width
+        torch.testing.assert_close(
+            ours[key], ref[key], rtol=1e-6, atol=0, msg=key)
     # float32 rounding of the L1 term and of sums taken in another order
     scale = ref_grad.abs().max().item()
     assert scale > 0

@@ -18,10 +18,9 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from codetr_testing import tiny_model_cfg
+from codetr_testing import WaitCounter, tiny_model_cfg
 from mmdet.registry import MODELS
 from mmengine.structures import InstanceData
-from test_sync_free_targets import WaitCounter
 from torch.overrides import TorchFunctionMode
 
 import projects.codetr  # noqa: F401  (registers the head)

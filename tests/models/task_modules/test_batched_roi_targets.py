@@ -19,13 +19,12 @@ import copy
 
 import pytest
 import torch
-from codetr_testing import load_config
+from codetr_testing import WaitCounter, load_config
 from mmdet.models.task_modules import MaxIoUAssigner, RandomSampler
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox2roi
 from mmengine.structures import InstanceData
-from test_sync_free_targets import WaitCounter
 
 import projects.codetr  # noqa: F401  (registers the head)
 from projects.codetr.models.task_modules import DeviceRandomSampler

@@ -12,12 +12,12 @@ import copy
 
 import pytest
 import torch
+from codetr_testing import WaitCounter
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.registry import MODELS
 from mmengine.config import Config, ConfigDict
 from mmengine.structures import InstanceData
 from scipy.stats import chi2
-from test_sync_free_targets import WaitCounter
 
 import projects.codetr  # noqa: F401  (registers the head)
 from projects.codetr.models.precision import nms

@@ -13,16 +13,13 @@ import itertools
 
 import pytest
 import torch
+from codetr_testing import WaitCounter
 from mmdet.models.task_modules import MaxIoUAssigner
 from mmengine.structures import InstanceData
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import projects.codetr  # noqa: F401  (registers the assigner)
 from projects.codetr.models.task_modules.sync_free_max_iou_assigner import \
     SyncFreeMaxIoUAssigner
-
-# ops that wait for the device when run on a GPU
-WAITING_OPS = ('nonzero', '_local_scalar_dense', 'masked_select', 'unique')
 
 SETTINGS = [
     dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
@@ -34,20 +31,6 @@ SETTINGS = [
     dict(pos_iou_thr=0.6, neg_iou_thr=0.6, min_pos_iou=0.0,
          match_low_quality=True),
 ]
-
-
-class WaitCounter(TorchDispatchMode):
-    """Counts the dispatched ops that would make the host wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split('.')[0]
-        if name in WAITING_OPS:
-            self.waits.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def tied_overlaps(num_gts: int, num_priors: int, seed: int) -> torch.Tensor:

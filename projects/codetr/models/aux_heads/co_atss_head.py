@@ -1,5 +1,5 @@
 """ATSS as a Co-DETR auxiliary head."""
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from mmcv.cnn import Scale
@@ -21,6 +21,30 @@ from ..task_modules.batched_anchor_targets import (batched_inside_flags,
                                                    pad_gt_instances)
 from ..task_modules.batched_atss_assigner import BatchedATSSAssigner
 from ..task_modules.level_batching import levels_side_by_side
+
+
+def centerness_of(anchors: Tensor, gts: Tensor) -> Tensor:
+    """ATSS's centerness target (``ATSSHead.centerness_target``, the same
+    operations) without its host-side NaN check.
+
+    Args:
+        anchors (Tensor): (n, 4) absolute (x1, y1, x2, y2).
+        gts (Tensor): (n, 4) absolute (x1, y1, x2, y2), each containing its
+            anchor's centre (else the value is NaN or 0).
+
+    Returns:
+        Tensor: (n, ) sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))
+        of the anchor centre's distances to the box sides.
+    """
+    anchors_cx = (anchors[:, 2] + anchors[:, 0]) / 2
+    anchors_cy = (anchors[:, 3] + anchors[:, 1]) / 2
+    left_right = torch.stack([anchors_cx - gts[:, 0], gts[:, 2] - anchors_cx],
+                             dim=1)
+    top_bottom = torch.stack([anchors_cy - gts[:, 1], gts[:, 3] - anchors_cy],
+                             dim=1)
+    return torch.sqrt(
+        (left_right.min(dim=-1)[0] / left_right.max(dim=-1)[0]) *
+        (top_bottom.min(dim=-1)[0] / top_bottom.max(dim=-1)[0]))
 
 
 @MODELS.register_module()
@@ -48,6 +72,14 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             True; False runs ``ATSSHead.loss_by_feat``, whose sums in
             mmdet's order match the released code's golden losses bit for
             bit (the batched order differs in the last bits).
+        masked_loss (bool): With ``batched_levels``, compute the box and
+            centerness losses over every anchor with the non-positives'
+            terms weighted 0 (:meth:`masked_loss_single`) instead of over
+            the positives that mmdet gathers: the same sums with zeros
+            added, and no host read, so the head's whole training
+            computation is queued without waiting for the GPU (the
+            detector issues it before the RPN's first read). Defaults to
+            True; False runs ``ATSSHead.loss_by_feat_single``.
         batched_images (bool): Compute the training targets of all images
             in one pass (:meth:`get_targets`, :class:`BatchedATSSAssigner`)
             instead of mmdet's pipeline per image (valid-anchor subsets,
@@ -67,9 +99,11 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
                  *args,
                  batched_levels: bool = True,
                  batched_images: bool = True,
+                 masked_loss: bool = True,
                  **kwargs) -> None:
         super().__init__(*args, **any_dtype_head_cfgs(kwargs))
         self.batched_levels = batched_levels
+        self.masked_loss = masked_loss
         self.batched_images = batched_images
         if not self.reg_decoded_bbox:
             raise ValueError('CoATSSHead needs reg_decoded_bbox=True: its '
@@ -275,22 +309,86 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             torch.as_tensor(avg_factor, dtype=torch.float,
                             device=device)).to(
                                 compute_dtype(cls_scores[0].dtype))
-        loss_cls, loss_bbox, loss_centerness, bbox_avg_factor = \
-            self.loss_by_feat_single(
-                torch.cat(anchors, 1),
-                levels_side_by_side(cls_scores),
-                levels_side_by_side(bbox_preds),
-                levels_side_by_side(centernesses),
-                torch.cat(labels, 1),
-                torch.cat(label_weights, 1),
-                torch.cat(bbox_targets, 1),
-                avg_factor=avg_factor)
+        loss_single = self.masked_loss_single if self.masked_loss else \
+            self.loss_by_feat_single
+        loss_cls, loss_bbox, loss_centerness, bbox_avg_factor = loss_single(
+            torch.cat(anchors, 1),
+            levels_side_by_side(cls_scores),
+            levels_side_by_side(bbox_preds),
+            levels_side_by_side(centernesses),
+            torch.cat(labels, 1),
+            torch.cat(label_weights, 1),
+            torch.cat(bbox_targets, 1),
+            avg_factor=avg_factor)
         bbox_avg_factor = reduce_mean(bbox_avg_factor).clamp_(min=1).to(
             loss_bbox.dtype)
         return dict(
             loss_cls=loss_cls,
             loss_bbox=loss_bbox / bbox_avg_factor,
             loss_centerness=loss_centerness)
+
+    def masked_loss_single(self, anchors: Tensor, cls_score: Tensor,
+                           bbox_pred: Tensor, centerness: Tensor,
+                           labels: Tensor, label_weights: Tensor,
+                           bbox_targets: Tensor,
+                           avg_factor: Union[Tensor, float]) -> tuple:
+        """``ATSSHead.loss_by_feat_single`` without reading the device.
+
+        mmdet gathers the positive anchors (a ``nonzero``, whose size the
+        host must read), computes their centerness targets (asserting on
+        the host that none is NaN: another read), and the box and
+        centerness losses over them. Here both losses run over every
+        anchor, each term weighted by the positive mask: per anchor the
+        same operations, so the positives' terms are mmdet's bit for bit
+        and the sums add zeros (another order of the additions).
+
+        Args:
+            anchors (Tensor): (bs, A, 4) absolute (x1, y1, x2, y2).
+            cls_score (Tensor): (bs, num_classes, h, w) logits.
+            bbox_pred (Tensor): (bs, 4, h, w) deltas from the anchors.
+            centerness (Tensor): (bs, 1, h, w) logits; A = h * w.
+            labels (Tensor): (bs, A) long, ``num_classes`` for negatives.
+            label_weights (Tensor): (bs, A).
+            bbox_targets (Tensor): (bs, A, 4) absolute (x1, y1, x2, y2).
+            avg_factor (Tensor | float): Positives over the batch.
+
+        Returns:
+            tuple[Tensor]: ``loss_cls``, ``loss_bbox`` (not yet divided by
+            the centerness sum), ``loss_centerness`` and the sum of the
+            centerness targets, as ``ATSSHead.loss_by_feat_single``.
+        """
+        anchors = anchors.reshape(-1, 4)
+        cls_score = cls_score.permute(0, 2, 3, 1).reshape(
+            -1, self.cls_out_channels).contiguous()
+        bbox_pred = bbox_pred.permute(0, 2, 3, 1).reshape(-1, 4)
+        centerness = centerness.permute(0, 2, 3, 1).reshape(-1)
+        bbox_targets = bbox_targets.reshape(-1, 4)
+        labels = labels.reshape(-1)
+        loss_cls = self.loss_cls(
+            cls_score,
+            labels,
+            label_weights.reshape(-1),
+            avg_factor=avg_factor)
+
+        positive = (labels >= 0) & (labels < self.num_classes)
+        # the non-positives' terms are finite: their targets are zeros and
+        # their anchors real boxes or zeros (invalid), which decode to
+        # boxes whose GIoU with a zero box the loss's eps keeps finite; the
+        # NaN centerness of a zero anchor and target (0 / 0) is replaced in
+        # the forward, and targets carry no gradient
+        centerness_targets = torch.where(
+            positive, centerness_of(anchors, bbox_targets), 0)
+        loss_bbox = self.loss_bbox(
+            self.bbox_coder.decode(anchors, bbox_pred),
+            bbox_targets,
+            weight=centerness_targets,
+            avg_factor=1.0)
+        loss_centerness = self.loss_centerness(
+            centerness,
+            centerness_targets,
+            weight=positive.float(),
+            avg_factor=avg_factor)
+        return loss_cls, loss_bbox, loss_centerness, centerness_targets.sum()
 
     def loss_and_pos_coords(
             self, x: Tuple[Tensor, ...],

@@ -65,6 +65,10 @@ class CoDETR(BaseDetector):
         eval_module (str): ``'detr'``, ``'one-stage'`` (a dense auxiliary
             head) or ``'two-stage'`` (RPN + a RoI head). Defaults to 'detr'.
         eval_index (int): Which auxiliary head ``eval_module`` uses.
+        dense_heads_first (bool): Run the dense auxiliary heads before the
+            RPN and RoI heads in training (:meth:`aux_heads_loss`); the
+            released code runs them after. The same losses where the dense
+            heads draw no random numbers (ATSS, FCOS). Defaults to True.
         cuda_graphs (int): Replay the ``'detr'`` inference on CUDA from CUDA
             graphs, one per input signature, for at most this many
             signatures (later ones run eagerly); 0 (default) never. Pays
@@ -86,6 +90,7 @@ class CoDETR(BaseDetector):
                  with_pos_coord: bool = True,
                  eval_module: str = 'detr',
                  eval_index: int = 0,
+                 dense_heads_first: bool = True,
                  cuda_graphs: int = 0,
                  train_cfg: Optional[list] = None,
                  test_cfg: Optional[list] = None,
@@ -141,6 +146,7 @@ class CoDETR(BaseDetector):
         self._check_eval_module(eval_module, eval_index)
         self.eval_module = eval_module
         self.eval_index = eval_index
+        self.dense_heads_first = dense_heads_first
         self.cuda_graphs = CudaGraphCache(cuda_graphs) if cuda_graphs \
             else None
 
@@ -252,12 +258,27 @@ class CoDETR(BaseDetector):
         """Losses and positive coordinates of every auxiliary head.
 
         RoI heads are numbered 0.. and dense heads continue the count; the
-        number suffixes their loss keys (RPN keys stay unsuffixed).
+        number suffixes their loss keys (RPN keys stay unsuffixed), and
+        losses and positive sets come in that order.
+
+        With ``dense_heads_first`` the dense heads run before the RPN. On a
+        GPU the RPN reads the device early (its loss, its NMS), and that
+        first read waits until the GPU has finished the backbone and the
+        encoder; ``CoATSSHead`` reads nothing back, so issued first its
+        whole computation is queued during that wait instead of after it
+        (docs/performance.md). The heads are independent and ATSS and FCOS
+        draw no random numbers, so the values are the same.
 
         Returns:
             tuple[dict, list[PositiveCoords]]: Losses, and one positive-
             coordinate set per head when ``with_pos_coord``.
         """
+        dense = []
+        if self.dense_heads_first:
+            dense = [
+                head.loss_and_pos_coords(pyramid, batch_data_samples)
+                for head in self.bbox_head
+            ]
         losses, pos_coords = dict(), []
         if self.roi_head:
             rpn_losses, proposals = self.rpn_loss_and_proposals(
@@ -268,9 +289,12 @@ class CoDETR(BaseDetector):
                     pyramid, proposals, batch_data_samples)
                 losses.update(add_loss_suffix(head_losses, i))
                 pos_coords.append(coords)
-        for j, head in enumerate(self.bbox_head):
-            head_losses, coords = head.loss_and_pos_coords(
-                pyramid, batch_data_samples)
+        if not self.dense_heads_first:
+            dense = [
+                head.loss_and_pos_coords(pyramid, batch_data_samples)
+                for head in self.bbox_head
+            ]
+        for j, (head_losses, coords) in enumerate(dense):
             losses.update(add_loss_suffix(head_losses, len(self.roi_head) + j))
             pos_coords.append(coords)
         if not self.with_pos_coord:

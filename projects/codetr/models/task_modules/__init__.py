@@ -1,7 +1,8 @@
 """Parts that make the heads fast without changing what they compute:
 mmdet's task modules with fewer host reads and launches (an anchor generator
-that caches, a MaxIoU assigner without device reads, the ATSS assignment of
-a whole batch at once), the RPN/ATSS losses over all levels at once, and
+that caches, a MaxIoU assigner without device reads, box overlaps without a
+host copy, the ATSS assignment of a whole batch at once), the RPN/ATSS
+losses over all levels at once, and
 the level shapes the transformer and mmcv's deformable attention share.
 Each is checked against the mmdet component it replaces (see
 ``docs/design.md``, "Speed-ups"). Besides, a random sampler with
@@ -12,9 +13,11 @@ from .device_random_sampler import DeviceRandomSampler
 from .level_batching import levels_side_by_side
 from .level_shapes import host_level_sizes, level_shape_tensors
 from .sync_free_max_iou_assigner import SyncFreeMaxIoUAssigner
+from .sync_free_overlaps import SyncFreeBboxOverlaps2D, box_overlaps
 
 __all__ = [
     'BatchedATSSAssigner', 'CachedAnchorGenerator', 'DeviceRandomSampler',
-    'SyncFreeMaxIoUAssigner', 'host_level_sizes', 'level_shape_tensors',
+    'SyncFreeBboxOverlaps2D', 'SyncFreeMaxIoUAssigner', 'box_overlaps',
+    'host_level_sizes', 'level_shape_tensors',
     'levels_side_by_side'
 ]

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..device_copies import host_to_device
 from .device_random_sampler import DeviceRandomSampler
+from .sync_free_overlaps import sync_free_calculator
 
 
 def supports_batched_targets(head, anchor_list: List[List[Tensor]],
@@ -142,7 +143,8 @@ def batched_max_iou_assign(assigner: MaxIoUAssigner, anchors: Tensor,
         and ``labels`` of ``anchors[inside[b]]``.
     """
     num_imgs = inside.size(0)
-    overlaps = assigner.iou_calculator(
+    # mmdet's overlaps without its host copy of eps (a GPU synchronisation)
+    overlaps = sync_free_calculator(assigner.iou_calculator)(
         gt_bboxes, anchors.expand(num_imgs, -1, -1))  # (B, G, A)
     max_overlaps, argmax_overlaps = overlaps.max(dim=1)  # (B, A)
 

@@ -39,6 +39,8 @@ import torch
 from mmdet.models.task_modules import ATSSAssigner
 from torch import Tensor
 
+from .sync_free_overlaps import sync_free_calculator
+
 # mmdet's ATSSAssigner marks non-candidates with -INF before the max over
 # the ground truths
 INF = 100000000
@@ -70,7 +72,9 @@ class BatchedATSSAssigner:
                 assigner.alpha is not None:
             raise ValueError('BatchedATSSAssigner reproduces ATSSAssigner '
                              f'with alpha=None only; got {assigner!r}.')
-        return cls(assigner.topk, assigner.iou_calculator)
+        # mmdet's overlaps without their host copy (a GPU synchronisation)
+        return cls(assigner.topk,
+                   sync_free_calculator(assigner.iou_calculator))
 
     def assign(self, anchors: Tensor, valid_flags: Tensor,
                num_level_anchors: List[int], gt_bboxes: Tensor,
