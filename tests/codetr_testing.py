@@ -30,6 +30,21 @@ class WaitCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class HostDataCounter(TorchDispatchMode):
+    """Counts the tensors made from host data (``new_tensor``,
+    ``torch.tensor``): on a GPU each is a copy from the host, which
+    synchronises unless it comes from pinned memory without blocking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split('.')[0] == 'lift_fresh':
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 def load_config(path: str = R50_CONFIG) -> Config:
     """The real config file, parsed by mmengine."""
     return Config.fromfile(path)

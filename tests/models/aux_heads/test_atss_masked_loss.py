@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from codetr_testing import WaitCounter, build_model, make_batch, tiny_model_cfg
+from codetr_testing import (HostDataCounter, WaitCounter, build_model,
+                            make_batch, tiny_model_cfg)
 
 from projects.codetr.models.aux_heads.co_atss_head import centerness_of
 from projects.codetr.models.task_modules.level_batching import \
@@ -90,6 +91,33 @@ def test_masked_terms_stay_finite():
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+def test_non_positive_outputs_do_not_reach_the_losses():
+    """An overflow (inf, NaN) in the box or centerness outputs at a
+    non-positive anchor, which mmdet never looks at, changes nothing."""
+    head, feats, samples = atss_case((3, 2), torch.float64)
+    metas = [s.metainfo for s in samples]
+    gts = [s.gt_instances for s in samples]
+    cls_scores, bbox_preds, centernesses = head(feats)
+    clean = head.loss_by_feat(cls_scores, bbox_preds, centernesses, gts,
+                              metas)
+    positive = head._targets[1][0] < head.num_classes  # level 0
+    head._targets = None
+    assert not positive.all()
+    bbox_preds = list(bbox_preds)
+    centernesses = list(centernesses)
+    width = bbox_preds[0].size(-1)
+    b, a = (~positive).nonzero()[0].tolist()
+    bbox_preds[0] = bbox_preds[0].clone()
+    centernesses[0] = centernesses[0].clone()
+    bbox_preds[0][b, :, a // width, a % width] = float('inf')
+    centernesses[0][b, :, a // width, a % width] = float('nan')
+    losses = head.loss_by_feat(cls_scores, bbox_preds, centernesses, gts,
+                               metas)
+    head._targets = None
+    for key in ('loss_bbox', 'loss_centerness'):
+        assert torch.equal(losses[key], clean[key]), key
+
+
 def test_centerness_is_mmdets():
     head = build_model(tiny_model_cfg()).bbox_head[0]
     gen = torch.Generator().manual_seed(0)
@@ -125,15 +153,19 @@ def test_no_reads_from_the_device():
             torch.cat(targets[1], 1), torch.cat(targets[2], 1),
             torch.cat(targets[3], 1))
     head.loss_cls = NoClassificationLoss()
-    counts = {}
+    head.masked_loss_single(*args, avg_factor=targets[-1])  # the coder's
+    counts, host_data = {}, {}  # constants reach the device once
     for name, fn in (('mmdet', head.loss_by_feat_single),
                      ('ours', head.masked_loss_single)):
-        with WaitCounter() as counter:
+        with WaitCounter() as counter, HostDataCounter() as copies:
             fn(*args, avg_factor=targets[-1])
-        counts[name] = counter.waits
+        counts[name], host_data[name] = counter.waits, copies.count
     # mmdet's: the positives' nonzero and the centerness NaN check
     assert len(counts['mmdet']) >= 2, counts
     assert counts['ours'] == []
+    # no copy from the host either (test_sync_free_coder.py shows the
+    # counter failing on mmdet's coder)
+    assert host_data['ours'] == 0, host_data
 
 
 @pytest.mark.gpu

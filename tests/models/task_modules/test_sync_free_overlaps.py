@@ -6,29 +6,15 @@ import itertools
 
 import pytest
 import torch
+from codetr_testing import HostDataCounter
 from mmdet.models.task_modules import ATSSAssigner, BboxOverlaps2D
 from mmdet.structures.bbox import bbox_overlaps
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from projects.codetr.models.task_modules import (BatchedATSSAssigner,
                                                  SyncFreeBboxOverlaps2D,
                                                  box_overlaps)
 from projects.codetr.models.task_modules.sync_free_overlaps import \
     sync_free_calculator
-
-
-class HostDataCounter(TorchDispatchMode):
-    """Counts the tensors made from host data (``new_tensor``,
-    ``torch.tensor``): on a GPU each is a copy that synchronises."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split('.')[0] == 'lift_fresh':
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def boxes(shape, seed, dtype=torch.float32):
@@ -128,3 +114,31 @@ def test_no_synchronisation_on_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert torch.equal(ours.nan_to_num(), ref.nan_to_num())
+
+
+def test_batch_dimensions_must_agree():
+    with pytest.raises(ValueError, match='batch dimensions'):
+        box_overlaps(boxes((1, 3), 0), boxes((2, 5), 1))
+
+
+def test_named_in_a_config_it_keeps_the_batched_paths():
+    """The batched RoI targets accept it like mmdet's own calculator (the
+    RPN's check is the same membership), and still refuse others."""
+    from mmdet.models.task_modules import MaxIoUAssigner, RandomSampler
+
+    from projects.codetr.models.task_modules.batched_roi_targets import \
+        check_batched_roi_config
+
+    class OtherOverlaps(BboxOverlaps2D):
+        pass
+
+    assigner = MaxIoUAssigner(
+        pos_iou_thr=0.5,
+        neg_iou_thr=0.5,
+        iou_calculator=dict(type='SyncFreeBboxOverlaps2D'))
+    assert type(assigner.iou_calculator) is SyncFreeBboxOverlaps2D
+    sampler = RandomSampler(num=512, pos_fraction=0.25)
+    check_batched_roi_config(assigner, sampler)
+    assigner.iou_calculator = OtherOverlaps()
+    with pytest.raises(ValueError, match='iou_calculator'):
+        check_batched_roi_config(assigner, sampler)

@@ -76,10 +76,11 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             centerness losses over every anchor with the non-positives'
             terms weighted 0 (:meth:`masked_loss_single`) instead of over
             the positives that mmdet gathers: the same sums with zeros
-            added, and no host read, so the head's whole training
-            computation is queued without waiting for the GPU (the
-            detector issues it before the RPN's first read). Defaults to
-            True; False runs ``ATSSHead.loss_by_feat_single``.
+            added, and no host read. With the zoo's ``AnalyticGIoULoss``
+            (mmdet's ``GIoULoss`` reads and copies) the head's whole
+            training computation is then queued without waiting for the
+            GPU (the detector issues it before the RPN's first read).
+            Defaults to True; False runs ``ATSSHead.loss_by_feat_single``.
         batched_images (bool): Compute the training targets of all images
             in one pass (:meth:`get_targets`, :class:`BatchedATSSAssigner`)
             instead of mmdet's pipeline per image (valid-anchor subsets,
@@ -371,11 +372,16 @@ class CoATSSHead(AnyDtypeAnchorsMixin, ATSSHead):
             avg_factor=avg_factor)
 
         positive = (labels >= 0) & (labels < self.num_classes)
-        # the non-positives' terms are finite: their targets are zeros and
-        # their anchors real boxes or zeros (invalid), which decode to
-        # boxes whose GIoU with a zero box the loss's eps keeps finite; the
-        # NaN centerness of a zero anchor and target (0 / 0) is replaced in
-        # the forward, and targets carry no gradient
+        # the non-positives' outputs are replaced by zeros: their masked
+        # terms are then finite whatever the head predicts there (mmdet
+        # never computes them; an fp16 overflow would give 0 * inf = NaN)
+        # and their gradients are zero. Zero deltas decode to the anchor
+        # (zeros for an invalid one), whose GIoU with a zero target the
+        # loss's eps keeps finite; the NaN centerness of a zero anchor and
+        # target (0 / 0) is replaced in the forward, and targets carry no
+        # gradient
+        bbox_pred = torch.where(positive[:, None], bbox_pred, 0)
+        centerness = torch.where(positive, centerness, 0)
         centerness_targets = torch.where(
             positive, centerness_of(anchors, bbox_targets), 0)
         loss_bbox = self.loss_bbox(

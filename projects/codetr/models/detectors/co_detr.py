@@ -264,8 +264,9 @@ class CoDETR(BaseDetector):
         With ``dense_heads_first`` the dense heads run before the RPN. On a
         GPU the RPN reads the device early (its loss, its NMS), and that
         first read waits until the GPU has finished the backbone and the
-        encoder; ``CoATSSHead`` reads nothing back, so issued first its
-        whole computation is queued during that wait instead of after it
+        encoder; ``CoATSSHead`` as the zoo configures it reads nothing back
+        and copies nothing from the host, so issued first its whole
+        computation is queued during that wait instead of after it
         (docs/performance.md). The heads are independent and ATSS and FCOS
         draw no random numbers, so the values are the same.
 

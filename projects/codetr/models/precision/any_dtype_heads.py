@@ -25,12 +25,12 @@ from mmdet.models.losses import CrossEntropyLoss
 from mmdet.models.losses.cross_entropy_loss import (_expand_onehot_labels,
                                                     binary_cross_entropy)
 from mmdet.models.losses.utils import weight_reduce_loss
-from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
 from ..device_copies import host_to_device
+from ..task_modules.sync_free_coder import SyncFreeDeltaXYWHBBoxCoder
 from .dtypes import weights_dtype
 
 
@@ -90,10 +90,11 @@ class AnyDtypeCrossEntropyLoss(CrossEntropyLoss):
 
 
 @TASK_UTILS.register_module()
-class AnyDtypeDeltaXYWHBBoxCoder(DeltaXYWHBBoxCoder):
+class AnyDtypeDeltaXYWHBBoxCoder(SyncFreeDeltaXYWHBBoxCoder):
     """mmdet's ``DeltaXYWHBBoxCoder`` whose ``encode`` keeps float64 boxes in
-    float64 (mmdet's ``bbox2delta`` computes in float32). Arguments and
-    ``decode`` are mmdet's."""
+    float64 (mmdet's ``bbox2delta`` computes in float32), with the decode of
+    :class:`SyncFreeDeltaXYWHBBoxCoder` (mmdet's values, no host copies).
+    Arguments are mmdet's."""
 
     def encode(self, bboxes: Tensor, gt_bboxes: Tensor) -> Tensor:
         """Deltas (dx, dy, dw, dh) from ``bboxes`` to ``gt_bboxes``.

@@ -19,15 +19,14 @@ without replacement, each subset chosen by sorting random keys.
 from typing import List, Optional, Tuple
 
 import torch
-from mmdet.models.task_modules import (BboxOverlaps2D, MaxIoUAssigner,
-                                       RandomSampler)
+from mmdet.models.task_modules import MaxIoUAssigner, RandomSampler
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ..device_copies import host_to_device
 from .device_random_sampler import DeviceRandomSampler
-from .sync_free_overlaps import sync_free_calculator
+from .sync_free_overlaps import PLAIN_OVERLAPS, sync_free_calculator
 
 
 def supports_batched_targets(head, anchor_list: List[List[Tensor]],
@@ -54,7 +53,7 @@ def supports_batched_targets(head, anchor_list: List[List[Tensor]],
             and all(levels is anchor_list[0] for levels in anchor_list)
             and isinstance(assigner, MaxIoUAssigner)
             and assigner.perm_repeat_gt_cfg is None
-            and type(assigner.iou_calculator) is BboxOverlaps2D
+            and type(assigner.iou_calculator) in PLAIN_OVERLAPS
             # the same distribution, drawn here from device keys anyway
             and type(sampler) in (RandomSampler, DeviceRandomSampler)
             and not sampler.add_gt_as_proposals)

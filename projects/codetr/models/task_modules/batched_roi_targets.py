@@ -30,8 +30,7 @@ Box format everywhere: absolute (x1, y1, x2, y2).
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
-from mmdet.models.task_modules import (BboxOverlaps2D, MaxIoUAssigner,
-                                       RandomSampler)
+from mmdet.models.task_modules import MaxIoUAssigner, RandomSampler
 from mmdet.utils import InstanceList, OptInstanceList
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -39,6 +38,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..device_copies import host_to_device
 from .batched_anchor_targets import batched_max_iou_assign, pad_gt_instances
 from .device_random_sampler import DeviceRandomSampler
+from .sync_free_overlaps import PLAIN_OVERLAPS
 
 
 def check_batched_roi_config(assigner, sampler) -> None:
@@ -62,9 +62,10 @@ def check_batched_roi_config(assigner, sampler) -> None:
         raise ValueError('CoStandardRoIHead(batched_images=True) does not '
                          'support train_cfg.assigner.perm_repeat_gt_cfg.' +
                          hint)
-    if type(assigner.iou_calculator) is not BboxOverlaps2D:
+    if type(assigner.iou_calculator) not in PLAIN_OVERLAPS:
         raise ValueError('CoStandardRoIHead(batched_images=True) needs '
-                         'train_cfg.assigner.iou_calculator BboxOverlaps2D, '
+                         'train_cfg.assigner.iou_calculator BboxOverlaps2D '
+                         'or SyncFreeBboxOverlaps2D, '
                          f'got {type(assigner.iou_calculator).__name__}.' +
                          hint)
     # the same distribution either way: keys are drawn here

@@ -46,6 +46,9 @@ def box_overlaps(bboxes1: Tensor,
         raise ValueError('boxes must be (..., 4) (x1, y1, x2, y2), got '
                          f'{tuple(bboxes1.shape)} and {tuple(bboxes2.shape)}')
     batch_shape = bboxes1.shape[:-2]
+    if bboxes2.shape[:-2] != batch_shape:
+        raise ValueError('boxes must share their batch dimensions, got '
+                         f'{tuple(bboxes1.shape)} and {tuple(bboxes2.shape)}')
     rows, cols = bboxes1.size(-2), bboxes2.size(-2)
     if is_aligned and rows != cols:
         raise ValueError(f'aligned overlaps need as many boxes on both '
@@ -98,6 +101,10 @@ class SyncFreeBboxOverlaps2D(BboxOverlaps2D):
         bboxes1, bboxes2 = get_box_tensor(bboxes1), get_box_tensor(bboxes2)
         return box_overlaps(bboxes1[..., :4], bboxes2[..., :4], mode,
                             is_aligned)
+
+
+# calculators that compute mmdet's BboxOverlaps2D values
+PLAIN_OVERLAPS = (BboxOverlaps2D, SyncFreeBboxOverlaps2D)
 
 
 def sync_free_calculator(iou_calculator):
