@@ -274,12 +274,13 @@ class CoDETR(BaseDetector):
             tuple[dict, list[PositiveCoords]]: Losses, and one positive-
             coordinate set per head when ``with_pos_coord``.
         """
-        dense = []
-        if self.dense_heads_first:
-            dense = [
+        def dense_heads() -> List[Tuple[Dict, object]]:
+            return [
                 head.loss_and_pos_coords(pyramid, batch_data_samples)
                 for head in self.bbox_head
             ]
+
+        dense = dense_heads() if self.dense_heads_first else None
         losses, pos_coords = dict(), []
         if self.roi_head:
             rpn_losses, proposals = self.rpn_loss_and_proposals(
@@ -290,11 +291,8 @@ class CoDETR(BaseDetector):
                     pyramid, proposals, batch_data_samples)
                 losses.update(add_loss_suffix(head_losses, i))
                 pos_coords.append(coords)
-        if not self.dense_heads_first:
-            dense = [
-                head.loss_and_pos_coords(pyramid, batch_data_samples)
-                for head in self.bbox_head
-            ]
+        if dense is None:
+            dense = dense_heads()
         for j, (head_losses, coords) in enumerate(dense):
             losses.update(add_loss_suffix(head_losses, len(self.roi_head) + j))
             pos_coords.append(coords)
