@@ -83,13 +83,16 @@ model = dict(
                         ffn_drop=0.0)))),
         positional_encoding=dict(
             num_feats=128, normalize=True, offset=-0.5, temperature=10000),
+        # mmdet's FocalLoss by its PyTorch formula on every device (mmcv's
+        # CUDA kernel reads the labels back)
         loss_cls=dict(
-            type='FocalLoss',
+            type='SyncFreeFocalLoss',
             use_sigmoid=True,
             gamma=2.0,
             alpha=0.25,
             loss_weight=2.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+        # mmdet's L1Loss without its host-side test for positive weights
+        loss_bbox=dict(type='SyncFreeL1Loss', loss_weight=5.0),
         # mmdet's GIoULoss with its gradient in closed form (same values)
         loss_iou=dict(type='AnalyticGIoULoss', loss_weight=2.0),
         train_cfg=dict(

@@ -98,7 +98,8 @@ model = dict(
             use_sigmoid=True,
             beta=2.0,
             loss_weight=1.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+        # mmdet's L1Loss without its host-side test for positive weights
+        loss_bbox=dict(type='SyncFreeL1Loss', loss_weight=5.0),
         # mmdet's GIoULoss with its gradient in closed form (same values)
         loss_iou=dict(type='AnalyticGIoULoss', loss_weight=2.0),
         train_cfg=dict(

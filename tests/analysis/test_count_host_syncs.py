@@ -25,3 +25,19 @@ def test_counts_scalar_reads_and_data_dependent_ops():
     assert all(where == '(other)' or where.startswith('torch/')
                for where, _ in by_line)
     assert sum(by_line.values()) == sum(by_op.values())
+
+
+def test_one_hot_range_checks_are_marked_cpu_only():
+    """``F.one_hot`` given the class count reads the labels' range on the
+    CPU only; a read of the same line outside it stays unmarked."""
+    labels = torch.tensor([0, 2, 1])
+
+    def step():
+        torch.nn.functional.one_hot(labels, num_classes=4)
+        labels.max().item()
+
+    _, by_line = host_syncs.count_host_reads(step)
+    marked = sum(n for (where, _), n in by_line.items()
+                 if where.endswith(host_syncs.CPU_ONLY_MARK))
+    assert marked >= 1
+    assert sum(by_line.values()) - marked == 1

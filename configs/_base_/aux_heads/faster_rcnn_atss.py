@@ -31,11 +31,14 @@ model = dict(
             type='DeltaXYWHBBoxCoder',
             target_means=[0.0, 0.0, 0.0, 0.0],
             target_stds=[1.0, 1.0, 1.0, 1.0]),
+        # mmdet's losses without their host reads (a nonzero in the
+        # sigmoid labels' expansion, L1's test for positive weights): the
+        # RPN's first read is then its NMS
         loss_cls=dict(
-            type='CrossEntropyLoss',
+            type='SyncFreeCrossEntropyLoss',
             use_sigmoid=True,
             loss_weight=1.0 * aux_weight),
-        loss_bbox=dict(type='L1Loss', loss_weight=1.0 * aux_weight),
+        loss_bbox=dict(type='SyncFreeL1Loss', loss_weight=1.0 * aux_weight),
         train_cfg=dict(
             # mmdet's MaxIoUAssigner, same assignment, no device reads
             assigner=dict(
@@ -137,8 +140,10 @@ model = dict(
                 target_means=[0.0, 0.0, 0.0, 0.0],
                 target_stds=[0.1, 0.1, 0.2, 0.2]),
             reg_decoded_bbox=True,
+            # mmdet's FocalLoss without mmcv's read of the labels: with it
+            # ATSS, run before the RPN, reads nothing back
             loss_cls=dict(
-                type='FocalLoss',
+                type='SyncFreeFocalLoss',
                 use_sigmoid=True,
                 gamma=2.0,
                 alpha=0.25,

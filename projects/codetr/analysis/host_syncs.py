@@ -15,7 +15,8 @@ image size; times are not measured here. Not counted: device-to-host copies
 (``.cpu()``, e.g. of the Hungarian cost matrices) are no-ops on the CPU, so
 each of those adds one more wait per call on a GPU, and so do copies from
 host memory (``new_tensor(list)``); mmcv's PyTorch deformable attention,
-which runs only without CUDA, is counted apart. On a GPU,
+which runs only without CUDA, and ``F.one_hot``'s range check of its
+labels, which it makes only on the CPU, are counted apart. On a GPU,
 :func:`count_cuda_syncs` counts all of them with PyTorch's sync debug mode.
 Used by ``tools/analysis/count_host_syncs.py``.
 """
@@ -43,6 +44,10 @@ SOURCES = ('projects/codetr/', 'mmdet/', 'mmcv/', 'mmengine/', 'torch/')
 # mmcv's PyTorch deformable attention runs only without CUDA (on a GPU its
 # CUDA op reads nothing back): its reads are reported apart
 CPU_ONLY = 'mmcv/ops/multi_scale_deform_attn.py'
+# F.one_hot given the number of classes checks the labels' range on the
+# CPU only (on CUDA a device assert does): reads under these ops are marked
+CPU_ONLY_OPS = ('aten::one_hot', )
+CPU_ONLY_MARK = ' [CPU only]'
 FRAME = re.compile(r'^(?P<file>.*?)\((?P<line>\d+)\): (?P<func>.*)$')
 # this package's frames (the counter, the step it runs) wrap the step: they
 # are never where a read comes from, though they lie under projects/codetr/
@@ -100,8 +105,21 @@ def count_host_reads(step) -> Tuple[collections.Counter, collections.Counter]:
     for event in prof.events():
         if event.name in SYNC_OPS:
             by_op[event.name] += 1
-            by_line[(source_of(event), event.name)] += 1
+            where = source_of(event)
+            if within_cpu_only_op(event):
+                where += CPU_ONLY_MARK
+            by_line[(where, event.name)] += 1
     return by_op, by_line
+
+
+def within_cpu_only_op(event) -> bool:
+    """Whether a read was made inside an op of :data:`CPU_ONLY_OPS`."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in CPU_ONLY_OPS:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def count_cuda_syncs(step) -> collections.Counter:
@@ -187,13 +205,14 @@ def report(config: str, size: Sequence[int], batch_size: int, boxes: int,
     step()  # warm-up: lazy initialisation outside the count
     by_op, by_line = count_host_reads(step)
     total = sum(by_op.values())
-    cpu_only = sum(n for (where, _), n in by_line.items() if CPU_ONLY in where)
+    cpu_only = sum(n for (where, _), n in by_line.items()
+                   if CPU_ONLY in where or where.endswith(CPU_ONLY_MARK))
     print(f'{osp.relpath(config, REPO_ROOT)}: batch {batch_size} '
           f'x {size[0]}x{size[1]}, {boxes} boxes per image, '
           f'one training step (forward, losses, backward)')
-    print(f'{total} host reads per step, {cpu_only} of them in mmcv\'s '
-          f'PyTorch deformable attention (CPU only): {total - cpu_only} on '
-          'a GPU')
+    print(f'{total} host reads per step, {cpu_only} of them CPU only '
+          '(mmcv\'s PyTorch deformable attention, F.one_hot\'s range '
+          f'check): {total - cpu_only} on a GPU')
     for op, n in by_op.most_common():
         print(f'  {n:5d}  {SYNC_OPS[op]}')
     print(f'\ntop {top} source lines:')
