@@ -126,13 +126,17 @@ def test_sigmoid_cross_entropy_is_mmdets_bit_for_bit(
 @pytest.mark.parametrize('options', [
     dict(use_sigmoid=False),
     dict(use_sigmoid=True, avg_non_ignore=True),
+    dict(use_sigmoid=True, avg_non_ignore=True, ignore_index=2),
     dict(use_sigmoid=True, ignore_index=1),
 ])
 def test_cross_entropy_forms_left_to_mmdet(options):
     """Softmax, ``avg_non_ignore`` and an ignored class 1 take mmdet's
-    code (whose results ours would not reproduce there)."""
+    code (whose results ours would not reproduce there: with invalid
+    labels ``avg_non_ignore`` averages over the valid ones)."""
     pred = torch.randn(12, 3, dtype=torch.float64).requires_grad_()
     labels = torch.arange(12) % 3
+    if options['use_sigmoid']:
+        labels[::4] = -1  # invalid rows
     ours = loss_and_grad(SyncFreeCrossEntropyLoss(**options), pred, labels)
     ref = loss_and_grad(AnyDtypeCrossEntropyLoss(**options), pred, labels)
     assert all(map(torch.equal, ours, ref))
@@ -254,3 +258,27 @@ def test_cross_entropy_and_l1_without_synchronisation_on_the_gpu():
             torch.cuda.set_sync_debug_mode('default')
         for a, b in zip(mine, ref):
             assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_focal_loss_stays_finite_in_fp16_where_mmcvs_half_kernel_does_not():
+    """ATSS under AMP gives the focal loss fp16 logits. mmcv's half kernel
+    bounds log(1 - p) at a FLT_MIN that rounds to 0 in fp16 and returns
+    NaN for logits of moderate size; ours stays finite and close to its own
+    float32 value on the same logits."""
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    logits = torch.randn(20000, 80, device='cuda', generator=gen) * 4 - 4
+    labels = torch.randint(0, 81, (20000, ), device='cuda', generator=gen)
+    kwargs = dict(weight=torch.ones(20000, device='cuda'), avg_factor=100.0)
+    half = logits.half().requires_grad_()
+    single = half.detach().float().requires_grad_()
+    loss16, grad16 = loss_and_grad(SyncFreeFocalLoss(), half, labels,
+                                   **kwargs)
+    loss32, grad32 = loss_and_grad(SyncFreeFocalLoss(), single, labels,
+                                   **kwargs)
+    assert torch.isfinite(loss16) and torch.isfinite(grad16).all()
+    torch.testing.assert_close(loss16.float(), loss32, rtol=1e-2, atol=0)
+    torch.testing.assert_close(
+        grad16.float(), grad32, rtol=1e-2, atol=1e-3 * grad32.abs().max())
+    assert not torch.isfinite(FocalLoss()(half.detach(), labels, **kwargs))

@@ -23,13 +23,21 @@ where the value needs no read:
   'none'`` (the query heads accept both).
 
 ``F.one_hot`` with a given number of classes reads nothing back on a GPU;
-labels beyond it raise a device assert there (on a CPU, its message). Each
-class is mmdet's otherwise: same arguments, same values; on a CPU the same
-operations bit for bit, except the focal loss on a GPU, where PyTorch's
-kernels evaluate mmcv's formula (float rounding, and logits beyond about
-+-87 in float32, where mmcv bounds ``log(p)`` at ``log(FLT_MIN)``).
+labels beyond it raise a device assert there (on a CPU, its message): the
+focal loss's labels above ``num_classes`` (the cross-entropy maps them to
+no column, as mmdet). Each class is mmdet's otherwise: same arguments, and
+on a CPU the same operations, bit for bit. On a GPU the cross-entropy and
+L1 losses are mmdet's bit for bit; the focal loss evaluates mmcv's formula
+with PyTorch's kernels, which agree with mmcv's float32 kernel to rounding
+for logits within about +-9. Beyond, mmcv's kernel loses precision: it
+computes ``1 - sigmoid(x)``, which rounds to 0 from about +16.6 (its log is
+then bounded at ``log(FLT_MIN)``), where ``binary_cross_entropy_with_logits``
+stays exact. For fp16 logits (ATSS under AMP) mmcv's kernel computes in
+half precision, where that bound rounds to 0 and the loss becomes NaN for
+logits of moderate size; the PyTorch formula runs its logarithms in fp32
+under autocast and stays finite (at a larger saved-tensor footprint).
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +84,7 @@ class SyncFreeFocalLoss(FocalLoss):
                 pred: Tensor,
                 target: Tensor,
                 weight: Optional[Tensor] = None,
-                avg_factor: Optional[float] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
         """The loss, as ``FocalLoss.forward``.
 
@@ -114,7 +122,7 @@ class SyncFreeCrossEntropyLoss(AnyDtypeCrossEntropyLoss):
                 cls_score: Tensor,
                 label: Tensor,
                 weight: Optional[Tensor] = None,
-                avg_factor: Optional[float] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
                 reduction_override: Optional[str] = None,
                 ignore_index: Optional[int] = None,
                 **kwargs) -> Tensor:
@@ -156,7 +164,7 @@ class SyncFreeL1Loss(L1Loss):
                 pred: Tensor,
                 target: Tensor,
                 weight: Optional[Tensor] = None,
-                avg_factor: Optional[float] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
         """The loss, as ``L1Loss.forward`` when a weight is positive.
 
