@@ -4,7 +4,12 @@ default_scope = 'mmdet'
 # makes `projects.codetr` importable from any working directory.
 custom_imports = dict(imports=['projects.codetr'], allow_failed_imports=False)
 
+# BufferedLogRuntimeInfoHook (projects/codetr/engine/buffered_log_hook.py)
+# is mmengine's RuntimeInfoHook reading the losses from the device once per
+# logger interval instead of every iteration, so that the host can issue the
+# next iteration while the GPU finishes this one.
 default_hooks = dict(
+    runtime_info=dict(type='BufferedLogRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),

@@ -26,7 +26,9 @@ def test_config_optimizer_is_the_training_one():
     model = build_model(tiny_model_cfg())
     merged = build_optim_wrapper(model, cfg, amp=False, optimizer='config')
     groups = merged.optimizer.param_groups
-    assert type(merged).__name__ == 'OptimWrapper'
+    assert type(merged).__name__ == 'BufferedGradNormOptimWrapper'
+    assert merged.buffer_grad_norm  # as under the configs' runtime hook
+    assert all(g['fused'] for g in groups)
     assert merged.clip_grad_kwargs == dict(max_norm=0.1, norm_type=2)
     # backbone and sampling offsets at 0.1x: two learning rates, few groups
     assert sorted({g['lr'] for g in groups}) == [2e-5, 2e-4]

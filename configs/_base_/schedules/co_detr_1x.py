@@ -10,11 +10,16 @@
 #         dict(_base_.param_scheduler[0], end=max_epochs, milestones=[30])]
 # (a list replaces the inherited one whole; `_base_.param_scheduler[0]` is
 # the step scheduler below, so only `end` and `milestones` are restated).
+#
+# The wrapper is mmengine's OptimWrapper keeping the clipped gradient norm on
+# the device until the logger needs it, and AdamW is torch's fused kernel,
+# which also takes AMP's overflow flag on the device: neither makes the host
+# wait for the backward pass (projects/codetr/engine/buffered_grad_norm.py).
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='BufferedGradNormOptimWrapper',
     # the paramwise_cfg's options in a few optimizer groups, not ~500
     constructor='MergedGroupsOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
+    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4, fused=True),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.1)}))
 

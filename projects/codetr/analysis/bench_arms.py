@@ -135,12 +135,20 @@ def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):
             one AdamW group, lr 1e-4, grad clip 0.1.
     """
     from mmengine.optim import build_optim_wrapper as build_wrapper
+
+    from ..engine.buffered_grad_norm import (AMP_WRAPPER_TYPES,
+                                             BufferedGradNormMixin)
     spec = copy.deepcopy(
         cfg.optim_wrapper if optimizer == 'config' else PLAIN_OPTIM)
     if amp:
-        spec['type'] = 'AmpOptimWrapper'
+        spec['type'] = AMP_WRAPPER_TYPES[spec.get('type', 'OptimWrapper')]
         spec.setdefault('loss_scale', 'dynamic')
-    return build_wrapper(model, spec)
+    wrapper = build_wrapper(model, spec)
+    # As in a run with the configs' BufferedLogRuntimeInfoHook; nothing
+    # here logs the norms, make_train_step's step drops them.
+    if isinstance(wrapper, BufferedGradNormMixin):
+        wrapper.buffer_grad_norm = True
+    return wrapper
 
 
 def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
@@ -162,6 +170,8 @@ def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
         with record_function('optimizer'):
             optim_wrapper.step()
             optim_wrapper.zero_grad()
+        if hasattr(optim_wrapper, 'pop_buffered_scalars'):
+            optim_wrapper.pop_buffered_scalars()
         return loss.detach()
 
     return step

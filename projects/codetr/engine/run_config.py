@@ -13,6 +13,8 @@ from typing import Callable, List, Optional
 
 import torch
 
+from .buffered_grad_norm import AMP_WRAPPER_TYPES
+
 RESUME_LATEST = 'auto'
 
 
@@ -31,17 +33,19 @@ def set_work_dir(cfg, work_dir: Optional[str], config_path: str) -> None:
 
 
 def enable_amp(cfg) -> None:
-    """``--amp``: mixed precision through mmengine's ``AmpOptimWrapper``."""
+    """``--amp``: mixed precision through mmengine's ``AmpOptimWrapper``
+    (or its buffered-norm subclass, for the configs' buffered wrapper)."""
     if not torch.cuda.is_available():
         raise RunConfigError('--amp needs a CUDA device; none is available. '
                              'Run without --amp.')
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper',
-                                                   'AmpOptimWrapper'):
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind not in AMP_WRAPPER_TYPES:
         raise RunConfigError(
-            f'--amp replaces optim_wrapper.type with AmpOptimWrapper, but the '
-            f'config uses {wrapper.get("type")}; set mixed precision there.')
-    wrapper.type = 'AmpOptimWrapper'
+            f'--amp replaces optim_wrapper.type with its mixed-precision '
+            f'wrapper, one of {sorted(set(AMP_WRAPPER_TYPES.values()))}, but '
+            f'the config uses {kind}; set mixed precision there.')
+    wrapper.type = AMP_WRAPPER_TYPES[kind]
     wrapper.setdefault('loss_scale', 'dynamic')
 
 
