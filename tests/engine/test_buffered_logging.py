@@ -71,13 +71,19 @@ class HistoryLengths(Hook):
                 else 0 for key in ('train/loss', 'train/grad_norm')))
 
 
-def run(tmp_path, name: str, buffered: bool, epochs: int = 2):
+def run(tmp_path,
+        name: str,
+        buffered: bool,
+        epochs: int = 2,
+        by_epoch: bool = True,
+        accumulate: int = 1):
     # a config, not an instance: the runner builds the wrapper after its
     # message hub, which the wrapper then logs into
     wrapper = dict(
         type='BufferedGradNormOptimWrapper' if buffered else 'OptimWrapper',
         optimizer=dict(type='AdamW', lr=0.05),
-        clip_grad=dict(max_norm=0.1))
+        clip_grad=dict(max_norm=0.1),
+        accumulative_counts=accumulate)
     lengths = HistoryLengths()
     runner = Runner(
         model=ToyRegressor(),
@@ -89,13 +95,16 @@ def run(tmp_path, name: str, buffered: bool, epochs: int = 2):
             sampler=dict(type='DefaultSampler', shuffle=False),
             batch_size=2,
             collate_fn=dict(type='pseudo_collate')),
-        train_cfg=dict(by_epoch=True, max_epochs=epochs),
+        train_cfg=dict(by_epoch=True, max_epochs=epochs) if by_epoch else
+        dict(by_epoch=False, max_iters=epochs * ITERS_PER_EPOCH),
         optim_wrapper=wrapper,
         default_hooks=dict(
             runtime_info=BufferedLogRuntimeInfoHook()
             if buffered else RuntimeInfoHook(),
             logger=dict(type='LoggerHook', interval=LOG_INTERVAL),
-            checkpoint=dict(type='CheckpointHook', interval=1)),
+            checkpoint=dict(type='CheckpointHook', interval=1)
+            if by_epoch else dict(
+                type='CheckpointHook', by_epoch=False, interval=4)),
         custom_hooks=[lengths],
         log_level='WARNING')
     runner.train()
@@ -133,6 +142,26 @@ def test_message_hub_and_checkpoints_hold_what_mmengine_logs(tmp_path):
         for key in TRAIN_KEYS:
             np.testing.assert_array_equal(
                 saved[1][key].data[0], saved[0][key].data[0], err_msg=key)
+
+
+def test_iteration_based_run_with_accumulation_logs_the_same(tmp_path):
+    runs = [
+        run(tmp_path, name, buffered, by_epoch=False, accumulate=2)[0]
+        for name, buffered in (('iter_ref', False), ('iter_buf', True))
+    ]
+    expected, got = (logged(r.message_hub.log_scalars) for r in runs)
+    assert len(got['train/grad_norm']) == ITERS_PER_EPOCH  # every 2nd iter
+    for key in TRAIN_KEYS:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    saved = [
+        torch.load(str(tmp_path / name / 'iter_8.pth'),
+                   weights_only=False)['message_hub']['log_scalars']
+        for name in ('iter_ref', 'iter_buf')
+    ]
+    assert len(saved[1]['train/loss'].data[0]) == 8
+    for key in TRAIN_KEYS:
+        np.testing.assert_array_equal(
+            saved[1][key].data[0], saved[0][key].data[0], err_msg=key)
 
 
 def test_values_reach_the_hub_only_on_logger_iterations(tmp_path):
@@ -192,6 +221,8 @@ def test_interval_defaults_to_the_loggers_and_must_be_positive():
     ('OptimWrapper', 'AmpOptimWrapper'),
     ('BufferedGradNormOptimWrapper', 'BufferedGradNormAmpOptimWrapper'),
     ('BufferedGradNormAmpOptimWrapper', 'BufferedGradNormAmpOptimWrapper'),
+    ('mmdet.BufferedGradNormOptimWrapper',
+     'mmdet.BufferedGradNormAmpOptimWrapper'),
 ])
 def test_amp_option_picks_the_matching_wrapper(monkeypatch, kind, expected):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
@@ -206,3 +237,50 @@ def test_amp_option_names_the_wrappers_it_knows(monkeypatch):
     cfg = Config(dict(optim_wrapper=dict(type='ApexOptimWrapper')))
     with pytest.raises(RunConfigError, match='BufferedGradNormAmpOptim'):
         enable_amp(cfg)
+
+
+def test_flush_keeps_each_values_type_and_the_order():
+    """float64 losses and integer counts reach the hub as ``.item()`` gives
+    them (not rounded through float32), host values in their place."""
+    hub = MessageHub.get_instance('buffered_logging_dtypes')
+    runner = SimpleNamespace(
+        message_hub=hub, train_dataloader=range(10), hooks=[],
+        optim_wrapper=None)
+    hook = BufferedLogRuntimeInfoHook(interval=5)
+    outputs = dict(
+        loss=torch.tensor(1 / 30, dtype=torch.float64),
+        count=torch.tensor(2**24 + 1),
+        flag=3,
+        acc=torch.tensor(0.5))
+    hook.after_train_iter(runner, 0, outputs=outputs)
+    assert [k for k in hub.log_scalars] == [f'train/{k}' for k in outputs]
+    for key, value in outputs.items():
+        expected = value.item() if isinstance(value, torch.Tensor) else value
+        got = hub.get_scalar(f'train/{key}').current()
+        assert got == expected, key
+
+
+def test_fused_adamw_stays_fused_when_loading_a_non_fused_state():
+    """A checkpoint of the non-fused AdamW (older configs) loaded into the
+    configs' fused one: the options of the running optimizer stay, and the
+    loss scaler can hand the fused step its overflow flag."""
+    old_model, new_model = ToyRegressor(), ToyRegressor()
+    old = torch.optim.AdamW(old_model.parameters(), lr=0.05)
+    old_model(*[[t] for t in ToyData()[0].values()])['loss_l2'].backward()
+    old.step()
+    wrapper = BufferedGradNormOptimWrapper(
+        optimizer=torch.optim.AdamW(new_model.parameters(), lr=0.05,
+                                    fused=True),
+        clip_grad=dict(max_norm=0.1))
+    wrapper.load_state_dict(old.state_dict())
+    optimizer = wrapper.optimizer
+    assert all(group['fused'] for group in optimizer.param_groups)
+    assert all(state['step'].dtype == torch.float32
+               for state in optimizer.state.values())
+    scaler = torch.amp.GradScaler('cpu')
+    loss = new_model(*[[t] for t in ToyData()[1].values()])['loss_l2']
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)  # raised before: the flag to a non-fused step
+    scaler.update()
+    assert all(state['step'].item() == 2 for state in optimizer.state.values())

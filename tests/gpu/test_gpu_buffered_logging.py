@@ -40,7 +40,8 @@ def build(kind: str, fused: bool):
             type=f'mmdet.{kind}' if kind.startswith('Buffered') else kind,
             optimizer=dict(type='AdamW', lr=1e-3, fused=fused),
             clip_grad=dict(max_norm=0.1, norm_type=2),
-            loss_scale='dynamic'))
+            # fp16 gradients far from overflow: every norm finite
+            loss_scale=dict(init_scale=2.**8)))
     if hasattr(wrapper, 'buffer_grad_norm'):
         wrapper.buffer_grad_norm = True
     inputs = torch.randn(32, 64, device='cuda')
@@ -56,12 +57,11 @@ def train_step(model, wrapper, inputs) -> None:
 def test_amp_step_with_fused_adamw_reads_nothing():
     model, wrapper, inputs = build('BufferedGradNormAmpOptimWrapper', True)
     before = [p.detach().clone() for p in model.parameters()]
-    train_step(model, wrapper, inputs)  # creates the optimizer state
-    with no_device_reads():
+    with no_device_reads():  # the first step creates the optimizer state
         for _ in range(3):
             train_step(model, wrapper, inputs)
     norms = wrapper.pop_buffered_scalars()
-    assert [key for key, _ in norms] == ['train/grad_norm'] * 4
+    assert [key for key, _ in norms] == ['train/grad_norm'] * 3
     assert all(torch.isfinite(norm) for _, norm in norms)
     after = list(model.parameters())
     assert any(not torch.equal(b, a) for b, a in zip(before, after))

@@ -136,12 +136,12 @@ def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):
     """
     from mmengine.optim import build_optim_wrapper as build_wrapper
 
-    from ..engine.buffered_grad_norm import (AMP_WRAPPER_TYPES,
-                                             BufferedGradNormMixin)
+    from ..engine.buffered_grad_norm import (BufferedGradNormMixin,
+                                             amp_wrapper_type)
     spec = copy.deepcopy(
         cfg.optim_wrapper if optimizer == 'config' else PLAIN_OPTIM)
     if amp:
-        spec['type'] = AMP_WRAPPER_TYPES[spec.get('type', 'OptimWrapper')]
+        spec['type'] = amp_wrapper_type(spec.get('type', 'OptimWrapper'))
         spec.setdefault('loss_scale', 'dynamic')
     wrapper = build_wrapper(model, spec)
     # As in a run with the configs' BufferedLogRuntimeInfoHook; nothing

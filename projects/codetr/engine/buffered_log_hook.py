@@ -11,7 +11,7 @@ iterations, at the end of each epoch, before validation, at the end of
 training and before a checkpoint stores the hub. The message hub then
 holds exactly the values mmengine's hook would have put there.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmdet.registry import HOOKS
@@ -21,7 +21,10 @@ from mmengine.utils import apply_to
 
 from .buffered_grad_norm import BufferedGradNormMixin
 
-Scalars = List[Tuple[str, torch.Tensor]]
+Scalars = List[Tuple[str, Union[torch.Tensor, int, float]]]
+# Read at least this often, whatever the interval, so that the buffer
+# stays small (about 65 values per Co-DETR iteration).
+MAX_BUFFERED_ITERS = 1000
 
 
 @HOOKS.register_module()
@@ -38,7 +41,11 @@ class BufferedLogRuntimeInfoHook(RuntimeInfoHook):
             ``LoggerHook``'s interval (1 without a ``LoggerHook``). Every
             iteration that ends an epoch is read as well, and so is the
             first one, which fixes the order of the keys in the log as
-            mmengine's hook would.
+            mmengine's hook would, and at least every
+            :data:`MAX_BUFFERED_ITERS` iterations.
+
+    With an ``OptimWrapperDict``, the norms of its buffered wrappers reach
+    the hub wrapper by wrapper at each read, not interleaved by step.
     """
 
     def __init__(self, interval: Optional[int] = None) -> None:
@@ -48,6 +55,7 @@ class BufferedLogRuntimeInfoHook(RuntimeInfoHook):
         self._pending: Scalars = []
         self._wrappers: List[BufferedGradNormMixin] = []
         self._first_iter = True
+        self._iters_buffered = 0
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
@@ -76,33 +84,42 @@ class BufferedLogRuntimeInfoHook(RuntimeInfoHook):
             self._pending.extend(wrapper.pop_buffered_scalars())
         for key, value in (outputs or {}).items():
             if isinstance(value, torch.Tensor):
-                self._pending.append((f'train/{key}', value.detach()))
-            else:
-                runner.message_hub.update_scalar(f'train/{key}', value)
+                value = value.detach()
+            self._pending.append((f'train/{key}', value))
         first, self._first_iter = self._first_iter, False
+        self._iters_buffered += 1
         if (first or self.every_n_inner_iters(batch_idx, self.interval)
-                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+                or self.end_of_epoch(runner.train_dataloader, batch_idx)
+                or self._iters_buffered >= MAX_BUFFERED_ITERS):
             self.flush(runner)
 
     def flush(self, runner) -> None:
-        """Move the buffered values to the host in one copy per device and
-        put them into the message hub in the order they were recorded."""
+        """Put the buffered values into the message hub, in the order they
+        were recorded, with one copy to the host per device and dtype.
+
+        Args:
+            runner (Runner): The runner whose message hub gets the values.
+        """
         for wrapper in self._wrappers:
             self._pending.extend(wrapper.pop_buffered_scalars())
+        self._iters_buffered = 0
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        by_device: Dict[torch.device, List[int]] = {}
-        for index, (_, value) in enumerate(pending):
-            by_device.setdefault(value.device, []).append(index)
-        host: List[float] = [0.0] * len(pending)
-        for indices in by_device.values():
-            stacked = torch.stack(
-                [pending[i][1].reshape(()).float() for i in indices])
+        # mmengine's .item() keeps the dtype (float64 losses, int counts):
+        # so does one stack per (device, dtype) and its tolist()
+        groups: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+        host = [value for _, value in pending]
+        for index, value in enumerate(host):
+            if isinstance(value, torch.Tensor):
+                groups.setdefault((value.device, value.dtype),
+                                  []).append(index)
+        for indices in groups.values():
+            stacked = torch.stack([host[i].reshape(()) for i in indices])
             for i, number in zip(indices, stacked.cpu().tolist()):
                 host[i] = number
-        for (key, _), number in zip(pending, host):
-            runner.message_hub.update_scalar(key, number)
+        for (key, _), value in zip(pending, host):
+            runner.message_hub.update_scalar(key, value)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         # The runner copies the message hub into the checkpoint before it

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .buffered_grad_norm import AMP_WRAPPER_TYPES
+from .buffered_grad_norm import amp_wrapper_type
 
 RESUME_LATEST = 'auto'
 
@@ -39,13 +39,10 @@ def enable_amp(cfg) -> None:
         raise RunConfigError('--amp needs a CUDA device; none is available. '
                              'Run without --amp.')
     wrapper = cfg.optim_wrapper
-    kind = wrapper.get('type', 'OptimWrapper')
-    if kind not in AMP_WRAPPER_TYPES:
-        raise RunConfigError(
-            f'--amp replaces optim_wrapper.type with its mixed-precision '
-            f'wrapper, one of {sorted(set(AMP_WRAPPER_TYPES.values()))}, but '
-            f'the config uses {kind}; set mixed precision there.')
-    wrapper.type = AMP_WRAPPER_TYPES[kind]
+    try:
+        wrapper.type = amp_wrapper_type(wrapper.get('type', 'OptimWrapper'))
+    except ValueError as err:
+        raise RunConfigError(f'--amp: {err}') from None
     wrapper.setdefault('loss_scale', 'dynamic')
 
 
