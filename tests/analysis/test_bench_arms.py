@@ -83,3 +83,16 @@ def test_a_failing_arm_is_left_out(capsys):
     assert build_arms(['no/such/config.py'], ['fp32'], args) == []
     assert 'no/such/config.py (fp32) failed, left out' in \
         capsys.readouterr().out
+
+
+def test_back_to_back_steps_run_count_times_and_check_the_losses():
+    import torch
+
+    from projects.codetr.analysis.bench_arms import Arm
+    arm = Arm.__new__(Arm)  # the timing alone, no model
+    arm.name, arm.precision, arm.device = 'toy', 'fp32', 'cpu'
+    losses = iter([1.0, 2.0, 3.0, 4.0, float('nan'), 5.0])
+    arm.step = lambda: torch.tensor(next(losses))
+    assert arm.timed_steps(4) > 0
+    with pytest.raises(FloatingPointError, match='toy'):
+        arm.timed_steps(2)  # the nan among them

@@ -72,6 +72,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=20)
     parser.add_argument('--infer-iters', type=int, default=30)
     parser.add_argument(
+        '--back-to-back',
+        type=int,
+        default=1,
+        metavar='N',
+        help='time each training sample as N steps run back to back, '
+        'without a synchronisation between them, as a training loop runs '
+        'them (default 1: each step synchronised on its own)')
+    parser.add_argument(
         '--num-cp',
         type=int,
         default=None,

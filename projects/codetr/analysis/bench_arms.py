@@ -227,6 +227,20 @@ class Arm:
                                      'non-finite loss')
         return time.perf_counter() - start
 
+    def timed_steps(self, count: int) -> float:
+        """Seconds per step of ``count`` steps run back to back, without a
+        synchronisation between them, as a training loop runs them: the
+        host may issue a step while the GPU finishes the one before."""
+        sync(self.device)
+        start = time.perf_counter()
+        losses = [self.step() for _ in range(count)]
+        sync(self.device)
+        seconds = (time.perf_counter() - start) / count
+        if not torch.isfinite(torch.stack(losses)).all():
+            raise FloatingPointError(f'{self.name} ({self.precision}): '
+                                     'non-finite loss')
+        return seconds
+
     def make_predict(self, args) -> Callable:
         inputs, samples = fake_batch(self.model, 1, args.infer_size,
                                      args.boxes, False)
@@ -281,8 +295,13 @@ def _round_robin(arms: List[Arm], rounds: int,
 
 
 def time_arms(arms: List[Arm], args) -> List[dict]:
-    """Median train-step and inference times of every arm, interleaved."""
-    train = _round_robin(arms, args.iters, Arm.timed_step)
+    """Median train-step and inference times of every arm, interleaved;
+    with ``args.back_to_back`` > 1 each train sample is the mean step of
+    that many steps run back to back (:meth:`Arm.timed_steps`)."""
+    count = getattr(args, 'back_to_back', 1)
+    train = _round_robin(
+        arms, args.iters, Arm.timed_step if count <= 1 else
+        (lambda arm: arm.timed_steps(count)))
     predicts, failed = {}, {}
     for arm in arms:
         arm.model.eval()

@@ -101,10 +101,13 @@ def run(args: argparse.Namespace) -> None:
     MMLogger.get_current_instance().setLevel('WARNING')
     device_name = torch.cuda.get_device_name() if args.device.startswith(
         'cuda') else 'cpu'
+    count = getattr(args, 'back_to_back', 1)
+    back_to_back = f' (each the mean of {count} back to back)' \
+        if count > 1 else ''
     print(f'{device_name}, torch {torch.__version__}, '
           f'train bs{args.batch_size} {args.train_size}, infer bs1 '
-          f'{args.infer_size}, median of {args.iters} interleaved steps, '
-          f'optimizer: {args.optimizer}')
+          f'{args.infer_size}, median of {args.iters} interleaved steps'
+          f'{back_to_back}, optimizer: {args.optimizer}')
     arms = build_arms(args.models, args.precisions, args)
     rows = time_arms(arms, args)
     for row in rows:
