@@ -96,3 +96,39 @@ def test_back_to_back_steps_run_count_times_and_check_the_losses():
     assert arm.timed_steps(4) > 0
     with pytest.raises(FloatingPointError, match='toy'):
         arm.timed_steps(2)  # the nan among them
+
+
+def test_time_arms_takes_back_to_back_samples_when_asked():
+    """``--back-to-back N``: each training sample comes from
+    ``timed_steps(N)``; without it, from ``timed_step``."""
+    import argparse
+
+    import torch
+
+    from projects.codetr.analysis.bench_arms import Arm, time_arms
+
+    class Recorder(Arm):
+
+        def __init__(self) -> None:
+            self.name, self.precision, self.device = 'toy', 'fp32', 'cpu'
+            self.calls, self.params_m, self.num_groups = [], 0.0, 1
+            self.peak_gib, self.model = 0.0, torch.nn.Identity()
+
+        def timed_step(self) -> float:
+            self.calls.append(1)
+            return 1.0
+
+        def timed_steps(self, count: int) -> float:
+            self.calls.append(count)
+            return 2.0
+
+        def make_predict(self, args):
+            return lambda: None
+
+    for count, expected in ((1, [1, 1]), (3, [3, 3])):
+        arm = Recorder()
+        args = argparse.Namespace(iters=2, infer_iters=1, warmup=0,
+                                  device='cpu', back_to_back=count)
+        rows = time_arms([arm], args)
+        assert arm.calls == expected
+        assert rows[0]['step_ms'] == (1000.0 if count == 1 else 2000.0)

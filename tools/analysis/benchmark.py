@@ -35,6 +35,14 @@ except ModuleNotFoundError as err:  # the plugin or a dependency is missing
              '`bash tools/install.sh` from the repository root.')
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
@@ -73,7 +81,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--infer-iters', type=int, default=30)
     parser.add_argument(
         '--back-to-back',
-        type=int,
+        type=positive_int,
         default=1,
         metavar='N',
         help='time each training sample as N steps run back to back, '

@@ -300,8 +300,8 @@ def time_arms(arms: List[Arm], args) -> List[dict]:
     that many steps run back to back (:meth:`Arm.timed_steps`)."""
     count = getattr(args, 'back_to_back', 1)
     train = _round_robin(
-        arms, args.iters, Arm.timed_step if count <= 1 else
-        (lambda arm: arm.timed_steps(count)))
+        arms, args.iters, lambda arm: arm.timed_step()
+        if count <= 1 else arm.timed_steps(count))
     predicts, failed = {}, {}
     for arm in arms:
         arm.model.eval()
