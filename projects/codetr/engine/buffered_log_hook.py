@@ -38,11 +38,11 @@ class BufferedLogRuntimeInfoHook(RuntimeInfoHook):
 
     Args:
         interval (int, optional): Iterations between reads. Defaults to the
-            ``LoggerHook``'s interval (1 without a ``LoggerHook``). Every
-            iteration that ends an epoch is read as well, and so is the
-            first one, which fixes the order of the keys in the log as
-            mmengine's hook would, and at least every
-            :data:`MAX_BUFFERED_ITERS` iterations.
+            ``LoggerHook``'s interval (1 without a ``LoggerHook``). Also
+            read: the first iteration (which fixes the order of the keys
+            in the log as mmengine's hook would), each iteration that ends
+            an epoch, and at least every :data:`MAX_BUFFERED_ITERS`
+            iterations.
 
     With an ``OptimWrapperDict``, the norms of its buffered wrappers reach
     the hub wrapper by wrapper at each read, not interleaved by step.
