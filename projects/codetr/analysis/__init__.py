@@ -10,6 +10,7 @@ importing the plugin stays as light as without it. One idea per module:
 - ``host_syncs``: where a training step reads tensors back to the host;
 - ``model_summary``: parameters per module and training-step time;
 - ``train_throughput``: the iteration time ``tools/train.py`` logs;
+- ``conv_shape_cost``: what a new input size costs the convolutions;
 - ``curves``: reading mmengine's scalar logs and plotting them;
 - ``convergence_arms``, ``convergence``, ``convergence_report``: the
   convergence benchmark's arms, its driver and its summary.
