@@ -1,8 +1,11 @@
 """The new-input-size measurement: distinct sizes, each run twice, the
 fixed size last, and the convolutions counted."""
+import subprocess
+import sys
+
 import pytest
 import torch
-from codetr_testing import build_model, tiny_model_cfg
+from codetr_testing import REPO_ROOT, build_model, tiny_model_cfg
 
 from projects.codetr.analysis.conv_shape_cost import (count_convolutions,
                                                       cudnn_api,
@@ -66,3 +69,11 @@ def test_cudnn_api_names_the_binding(monkeypatch):
     monkeypatch.setenv('TORCH_CUDNN_V8_API_DISABLED', '1')
     assert cudnn_api('cuda') == \
         'cuDNN v7 API (TORCH_CUDNN_V8_API_DISABLED=1)'
+
+
+def test_command_line_refuses_no_sizes():
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/conv_shape_cost.py', 'k2',
+         '--sizes', '0'], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert '--sizes and --batch-size must be at least 1' in proc.stderr

@@ -13,9 +13,8 @@ backward (the convolutions' data and weight gradients), on batches of
 sizes not met before, then once more at each size, then repeatedly at
 one fixed size. The difference between a size's first and second pass is
 what a new shape costs. PyTorch's environment variable
-``TORCH_CUDNN_V8_API_DISABLED=1`` (read once per process, at its first
-convolution) switches the binding to cuDNN's older v7 API, for
-comparison.
+``TORCH_CUDNN_V8_API_DISABLED=1``, set before the process starts,
+switches the binding to cuDNN's older v7 API, for comparison.
 """
 import os
 import random
