@@ -1,7 +1,8 @@
 """What a new input size costs the convolutions of backbone and neck.
 
-Runs CONFIG's backbone and neck forward and backward on NUM_SIZES batch
-sizes of COCO's multi-scale training, each twice in a row, then at one
+Runs CONFIG's backbone and neck forward and backward at NUM_SIZES (--sizes)
+landscape input sizes (height 480-800, width up to 1333, no two with the
+same feature-map grid at stride 32), each twice in a row, then at one
 fixed size, and prints the medians: a size met for the first time, the
 same size again, and the fixed size. On a GPU the first pass pays for
 cuDNN's choice of execution plans for every convolution and shape; to
@@ -11,8 +12,8 @@ compare with cuDNN's older v7 API, run it again with
 Usage::
 
     python tools/analysis/conv_shape_cost.py CONFIG [--sizes 20]
-        [--batch-size 2] [--steady-size 800 1216] [--device cuda]
-        [--out result.json]
+        [--batch-size 2] [--steady-size 800 1216] [--seed 0]
+        [--device cuda] [--out result.json]
 """
 import argparse
 import json
@@ -32,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file, or a benchmark model '
                         'name such as k2')
     parser.add_argument('--sizes', type=int, default=20,
-                        help='distinct batch sizes, each run twice')
+                        help='distinct input sizes, each run twice')
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument('--steady-size', type=int, nargs=2,
                         default=[800, 1216], metavar=('H', 'W'))
@@ -53,10 +54,8 @@ def main() -> None:
     import projects.codetr  # noqa: F401  (registers the modules)
     model = build(args.config, None, args.device)
     steady = tuple(args.steady_size)
-    sizes = [
-        s for s in conv_shape_cost.distinct_sizes(args.sizes + 1, args.seed)
-        if s != steady
-    ][:args.sizes]
+    sizes = conv_shape_cost.distinct_sizes(
+        args.sizes, args.seed, exclude=[steady])
     result = conv_shape_cost.measure(model, sizes, steady, args.batch_size)
     print(f"{args.config}: backbone and neck, forward and backward, batch "
           f"{args.batch_size}, {result['convolutions']} convolutions per "

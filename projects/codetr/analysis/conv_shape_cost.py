@@ -27,32 +27,55 @@ from torch import nn
 
 Size = Tuple[int, int]
 
+# The deepest stride of ResNet-like backbones. Two input sizes with the
+# same grid at this stride (ceil(h / 32), ceil(w / 32)) give its last
+# stage and the neck's convolutions on it the same shapes; a distinct grid
+# here gives every stride a distinct shape.
+GRID_STRIDE = 32
+
+
+def grid(size: Size, stride: int = GRID_STRIDE) -> Size:
+    """The (height, width) of the feature map at ``stride`` of an input of
+    ``size`` (convolutions of stride 2 with 'same' padding round up)."""
+    return (-(-size[0] // stride), -(-size[1] // stride))
+
 
 def distinct_sizes(count: int,
                    seed: int = 0,
                    short_side: Tuple[int, int] = (480, 800),
-                   max_long_side: int = 1333) -> List[Size]:
-    """``count`` distinct (height, width) batch sizes like those of COCO's
-    multi-scale training: the short side in ``short_side``, the long side
-    between it and ``max_long_side`` (all in pixels, both inclusive).
+                   max_long_side: int = 1333,
+                   exclude: Sequence[Size] = ()) -> List[Size]:
+    """``count`` landscape (height, width) input sizes: the height (short
+    side) in ``short_side``, the width between it and ``max_long_side``
+    (pixels, both inclusive), drawn uniformly with ``seed``.
+
+    No two sizes, and no size and one of ``exclude``, share their grid at
+    :data:`GRID_STRIDE`, so each size gives every convolution of a backbone
+    and neck a shape the others do not.
 
     Raises:
-        ValueError: If the ranges hold fewer than ``count`` sizes.
+        ValueError: If the ranges hold fewer than ``count`` such sizes.
     """
     low, high = short_side
-    available = sum(max_long_side - h + 1 for h in range(low, high + 1))
-    if count > available:
-        raise ValueError(f'{count} distinct sizes asked for, but short '
-                         f'sides {low}-{high} with long sides up to '
-                         f'{max_long_side} give only {available}')
+    taken = {grid(tuple(size)) for size in exclude}
+    free = sorted({
+        grid((h, w))
+        for h in range(low, high + 1)
+        for w in range(h, max_long_side + 1)
+    } - taken)
+    if count > len(free):
+        raise ValueError(
+            f'{count} sizes asked for, but heights {low}-{high} with widths '
+            f'up to {max_long_side} give only {len(free)} distinct grids at '
+            f'stride {GRID_STRIDE}' + (f' besides those of {list(exclude)}'
+                                       if exclude else ''))
     rng = random.Random(seed)
     sizes: List[Size] = []
-    seen = set()
     while len(sizes) < count:
         short = rng.randint(low, high)
         size = (short, rng.randint(short, max_long_side))
-        if size not in seen:
-            seen.add(size)
+        if grid(size) not in taken:
+            taken.add(grid(size))
             sizes.append(size)
     return sizes
 
@@ -100,11 +123,14 @@ def measure(model: nn.Module,
             sizes: Sequence[Size],
             steady_size: Size,
             batch_size: int = 2,
-            steady_repeats: int = 8) -> Dict:
+            steady_repeats: int = 8) -> Dict[str, object]:
     """Time forward and backward of ``model.extract_feat`` per input size.
 
     The model is put in training mode (frozen stages and frozen norms stay
-    as the config has them). Before timing, a size larger than all others
+    as the config has them). The process's PyTorch settings apply as they
+    are: cuDNN's benchmark mode stays off, as the configs' ``env_cfg`` has
+    it, and float32 matrix products keep their precision (no ``tf32``
+    switch). Before timing, a size larger than all others
     (32 px more than their largest height and width) and ``steady_size``
     run twice each, so that the memory allocator already holds blocks
     large enough for every later batch and the first pass at a size
@@ -113,9 +139,10 @@ def measure(model: nn.Module,
     Args:
         model (nn.Module): A detector with ``extract_feat`` (backbone and
             neck), on the device to measure.
-        sizes (Sequence[tuple[int, int]]): (height, width) batch sizes,
-            each run twice in a row; distinct from each other and from
-            ``steady_size``.
+        sizes (Sequence[tuple[int, int]]): (height, width) input sizes,
+            each run twice in a row; no two of them, and none and
+            ``steady_size``, with the same :func:`grid`
+            (:func:`distinct_sizes` draws such sizes).
         steady_size (tuple[int, int]): Size run ``steady_repeats`` times
             after the others.
         batch_size (int): Images per batch.
@@ -128,13 +155,22 @@ def measure(model: nn.Module,
         (convolution modules per forward), ``api`` and ``sizes``.
 
     Raises:
-        ValueError: If ``sizes`` repeats a size or holds ``steady_size``:
-            their first passes would not meet a new shape.
+        ValueError: If two sizes, or a size and ``steady_size``, share
+            their grid: the first pass at the later one would meet shapes
+            already met.
     """
-    if len(set(sizes)) != len(sizes) or steady_size in sizes:
-        raise ValueError('sizes must be distinct from each other and from '
-                         'steady_size, so that each first pass meets a new '
-                         'input shape')
+    sizes = [tuple(size) for size in sizes]
+    steady_size = tuple(steady_size)
+    grids: Dict[Size, Size] = {grid(steady_size): steady_size}
+    for size in sizes:
+        if grid(size) in grids:
+            raise ValueError(
+                f'input sizes {grids[grid(size)]} and {size} share their '
+                f'{grid(size)} grid at stride {GRID_STRIDE} (the first is '
+                f'steady_size={steady_size} or listed before the second), so '
+                f'the first pass at {size} would not meet new shapes '
+                'everywhere; draw the sizes with distinct_sizes')
+        grids[grid(size)] = size
     device = str(next(model.parameters()).device)
     model.train()
 
