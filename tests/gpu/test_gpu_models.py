@@ -289,6 +289,11 @@ def test_det_inferencer_draws_detections_on_the_gpu(name, tmp_path):
     inferencer = DetInferencer(model=cfg, weights=None, device='cuda',
                                show_progress=False)
     assert next(inferencer.model.parameters()).is_cuda
+    # without weights mmdet leaves the model as constructed: parameters
+    # that only init_weights fills (level_embed, torch.empty) hold whatever
+    # memory they got, and non-finite values there make the boxes NaN
+    torch.manual_seed(0)
+    inferencer.model.init_weights()
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3),
                                               dtype=np.uint8)
     path = str(tmp_path / 'image.png')  # lossless: drawn pixels show
