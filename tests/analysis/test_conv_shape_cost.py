@@ -104,3 +104,13 @@ def test_command_line_refuses_no_sizes():
          '--sizes', '0'], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert '--sizes and --batch-size must be at least 1' in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine '
+                    'without CUDA')
+def test_command_line_names_the_missing_gpu():
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/conv_shape_cost.py', 'k2'],
+        cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert 'no CUDA device: pass --device cpu' in proc.stderr

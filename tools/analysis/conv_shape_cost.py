@@ -21,6 +21,8 @@ import statistics
 import sys
 
 try:
+    import torch
+
     from projects.codetr.analysis import conv_shape_cost
     from projects.codetr.analysis.bench_arms import build
 except ModuleNotFoundError as err:  # the plugin or a dependency is missing
@@ -44,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.sizes < 1 or args.batch_size < 1:
         parser.error('--sizes and --batch-size must be at least 1')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error('no CUDA device: pass --device cpu (where no cuDNN '
+                     'plans are built, so the figures only test the tool)')
     return args
 
 
