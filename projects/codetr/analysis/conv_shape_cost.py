@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from .bench_arms import sync
+
 Size = Tuple[int, int]
 
 # The deepest stride of ResNet-like backbones. Two input sizes with the
@@ -93,12 +95,10 @@ def _timer(device: str) -> Callable[[Callable[[], None]], float]:
     """Milliseconds of ``fn()`` including the GPU work it queued."""
 
     def timed(fn: Callable[[], None]) -> float:
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         fn()
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
+        sync(device)
         return 1000 * (time.perf_counter() - start)
 
     return timed
