@@ -86,7 +86,11 @@ class CoTransformerBase(AuxQueryDecoding, BaseModule):
             raise ValueError('positional_encoding.num_feats must be half of '
                              f'embed_dims ({dims}), got '
                              f'{self.positional_encoding.num_feats}')
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, dims))
+        # zeros until init_weights draws it (or a checkpoint sets it): a
+        # model built without either, as mmdet's init_detector and
+        # DetInferencer build one without weights, holds no garbage memory,
+        # and no random number is drawn here, so seeded builds are unchanged
+        self.level_embed = nn.Parameter(torch.zeros(num_feature_levels, dims))
         if self.as_two_stage:  # the encoder proposals' projection
             self.memory_trans_fc = nn.Linear(dims, dims)
             self.memory_trans_norm = nn.LayerNorm(dims)
