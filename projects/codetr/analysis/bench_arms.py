@@ -126,20 +126,35 @@ def build(name: str,
     return model
 
 
-def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):
+def build_optim_wrapper(model,
+                        cfg: Config,
+                        amp: bool,
+                        optimizer: str,
+                        plugin: bool = True):
     """The optimizer wrapper ``tools/train.py`` would build.
 
     Args:
         optimizer (str): ``'config'``: the config's ``optim_wrapper``
             (its constructor, paramwise options and grad clip); ``'plain'``:
             one AdamW group, lr 1e-4, grad clip 0.1.
+        plugin (bool): Whether this process may import the plugin. The
+            child process of mmdet's own arms (:mod:`.mmdet_source`) must
+            not: importing ``projects.codetr`` registers the plugin's
+            modules under the names mmdet's Co-DETR registers. Its configs
+            use mmengine's ``OptimWrapper``, whose mixed-precision wrapper
+            is mmengine's ``AmpOptimWrapper``.
     """
     from mmengine.optim import build_optim_wrapper as build_wrapper
+    spec = copy.deepcopy(
+        cfg.optim_wrapper if optimizer == 'config' else PLAIN_OPTIM)
+    if not plugin:
+        if amp:
+            spec['type'] = mmengine_amp_type(spec.get('type', 'OptimWrapper'))
+            spec.setdefault('loss_scale', 'dynamic')
+        return build_wrapper(model, spec)
 
     from ..engine.buffered_grad_norm import (BufferedGradNormMixin,
                                              amp_wrapper_type)
-    spec = copy.deepcopy(
-        cfg.optim_wrapper if optimizer == 'config' else PLAIN_OPTIM)
     if amp:
         spec['type'] = amp_wrapper_type(spec.get('type', 'OptimWrapper'))
         spec.setdefault('loss_scale', 'dynamic')
@@ -149,6 +164,19 @@ def build_optim_wrapper(model, cfg: Config, amp: bool, optimizer: str):
     if isinstance(wrapper, BufferedGradNormMixin):
         wrapper.buffer_grad_norm = True
     return wrapper
+
+
+def mmengine_amp_type(kind: str) -> str:
+    """mmengine's mixed-precision wrapper for mmengine's wrapper ``kind``,
+    as mmdet's ``tools/train.py --amp`` chooses it.
+
+    Raises:
+        ValueError: ``kind`` is not mmengine's ``OptimWrapper``.
+    """
+    if kind.rpartition('.')[2] in ('OptimWrapper', 'AmpOptimWrapper'):
+        return 'AmpOptimWrapper'
+    raise ValueError(f'mixed precision for mmdet\'s own arms needs '
+                     f'optim_wrapper.type OptimWrapper, not {kind}')
 
 
 def make_train_step(model, optim_wrapper, inputs, samples) -> Callable:
@@ -206,8 +234,12 @@ class Arm:
         cfg = load_config(name, args.num_cp, source)
         self.model = build(name, args.num_cp, args.device, source)
         self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
-        self.optim_wrapper = build_optim_wrapper(self.model, cfg, self.amp,
-                                                 args.optimizer)
+        self.optim_wrapper = build_optim_wrapper(
+            self.model,
+            cfg,
+            self.amp,
+            args.optimizer,
+            plugin=not getattr(args, 'source_process', False))
         self.num_groups = len(self.optim_wrapper.optimizer.param_groups)
         inputs, samples = fake_batch(self.model, args.batch_size,
                                      args.train_size, args.boxes, True)
