@@ -85,6 +85,20 @@ def test_a_failing_arm_is_left_out(capsys):
         capsys.readouterr().out
 
 
+def test_the_benchmark_fails_when_no_arm_is_built():
+    """Not an empty table and exit 0: the run fails and says why, so that
+    the parent of the source arms' child process reports it too."""
+    import subprocess
+    proc = subprocess.run([
+        sys.executable, 'tools/analysis/benchmark.py', '--device', 'cpu',
+        '--models', 'no/such/config.py', '--precisions', 'fp32'
+    ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'no/such/config.py (fp32) failed, left out' in proc.stdout
+    assert 'error: no arm could be built' in proc.stderr
+    assert '| model |' not in proc.stdout
+
+
 def test_back_to_back_steps_run_count_times_and_check_the_losses():
     import torch
 

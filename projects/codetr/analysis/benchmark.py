@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> None:
           f'{args.infer_size}, median of {args.iters} interleaved steps'
           f'{back_to_back}, optimizer: {args.optimizer}')
     arms = build_arms(args.models, args.precisions, args)
+    if not arms:  # e.g. the child process of mmdet's arms, all failing
+        raise SystemExit('error: no arm could be built (the reason for each '
+                         'is printed above); nothing to time')
     rows = time_arms(arms, args)
     for row in rows:
         print(json.dumps(row), flush=True)
