@@ -9,9 +9,11 @@ that).
 """
 import glob
 import os.path as osp
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
-from codetr_testing import REPO_ROOT, load_config
+import torch
+from codetr_testing import (REPO_ROOT, build_model, load_config, make_batch,
+                            tiny_model_cfg)
 from mmengine.config import ConfigDict
 
 # Encoder depth of the standard recipes; other depths are what a variant is
@@ -109,3 +111,36 @@ def aux_head_types(model: ConfigDict) -> List[str]:
 def tiny_zoo_model_cfg(config: str) -> ConfigDict:
     """``cfg.model`` of ``configs/...`` shrunk for a CPU training step."""
     return shrink_model_cfg(load_config(osp.join(REPO_ROOT, config)).model)
+
+
+#: One config per DETR family (None: codetr_testing's tiny
+#: Co-Deformable-DETR), for tests that compare two code paths per family.
+FAMILY_CONFIGS = {
+    'co_deformable_detr': None,
+    'co_dino': 'configs/co_dino_5scale_r50_1x_coco.py',
+    'co_dab_deformable_detr': 'configs/co_dab_deformable_detr_r50_1x_coco.py',
+}
+
+
+def double_family_model(family: str,
+                        decoder_layers: Optional[int] = None
+                        ) -> torch.nn.Module:
+    """The tiny model of a family (:data:`FAMILY_CONFIGS`) in float64, in
+    training mode; ``decoder_layers`` overrides its decoder's depth."""
+    config = FAMILY_CONFIGS[family]
+    cfg = tiny_model_cfg() if config is None else tiny_zoo_model_cfg(config)
+    if decoder_layers is not None:
+        cfg.query_head.transformer.decoder.num_layers = decoder_layers
+    return build_model(cfg).double().train()
+
+
+def double_batch(model: torch.nn.Module,
+                 num_boxes: Sequence[int] = (3, 2)
+                 ) -> Tuple[torch.Tensor, list]:
+    """Two images of different sizes (64x96, 80x64) with ``num_boxes``
+    random boxes each, images and boxes in float64."""
+    inputs, samples = make_batch(
+        model, image_sizes=((64, 96), (80, 64)), num_boxes=num_boxes)
+    for sample in samples:
+        sample.gt_instances.bboxes = sample.gt_instances.bboxes.double()
+    return inputs.double(), samples

@@ -7,27 +7,8 @@ In float64 the two differ by the order of floating-point sums only.
 """
 import pytest
 import torch
-from codetr_testing import build_model, make_batch, tiny_model_cfg
-from zoo_testing import tiny_zoo_model_cfg
-
-CONFIGS = {
-    'co_deformable_detr': None,  # codetr_testing.tiny_model_cfg
-    'co_dino': 'configs/co_dino_5scale_r50_1x_coco.py',
-    'co_dab_deformable_detr': 'configs/co_dab_deformable_detr_r50_1x_coco.py',
-}
-
-
-def _double_model(config):
-    cfg = tiny_model_cfg() if config is None else tiny_zoo_model_cfg(config)
-    return build_model(cfg).double().train()
-
-
-def _batch(model, num_boxes=(3, 2)):
-    inputs, samples = make_batch(
-        model, image_sizes=((64, 96), (80, 64)), num_boxes=num_boxes)
-    for sample in samples:
-        sample.gt_instances.bboxes = sample.gt_instances.bboxes.double()
-    return inputs.double(), samples
+from codetr_testing import build_model, tiny_model_cfg
+from zoo_testing import FAMILY_CONFIGS, double_batch, double_family_model
 
 
 def _losses_and_grads(model, inputs, samples, joint, masks=None):
@@ -60,10 +41,10 @@ def _losses_and_grads(model, inputs, samples, joint, masks=None):
     return losses, grads, len(passes)
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(FAMILY_CONFIGS))
 def test_one_pass_gives_the_losses_and_gradients_of_two(family):
-    model = _double_model(CONFIGS[family])
-    inputs, samples = _batch(model)
+    model = double_family_model(family)
+    inputs, samples = double_batch(model)
     joint, joint_grads, joint_passes = _losses_and_grads(
         model, inputs, samples, True)
     apart, apart_grads, apart_passes = _losses_and_grads(
@@ -90,8 +71,8 @@ def test_co_dino_with_images_without_ground_truth(num_boxes):
     embedding stays tied to the loss (DDP without
     ``find_unused_parameters``); one image without boxes pads its
     denoising groups."""
-    model = _double_model(CONFIGS['co_dino'])
-    inputs, samples = _batch(model, num_boxes=num_boxes)
+    model = double_family_model('co_dino')
+    inputs, samples = double_batch(model, num_boxes=num_boxes)
     joint, grads, passes = _losses_and_grads(model, inputs, samples, True)
     apart, _, _ = _losses_and_grads(model, inputs, samples, False)
     assert passes == 1
@@ -106,8 +87,8 @@ def test_the_joint_mask_keeps_the_denoising_mask_and_the_blocks():
     """The mask the decoder receives: DINO's denoising mask in the main
     block, each positive-query set in a block of its own, every other
     pair blocked."""
-    model = _double_model(CONFIGS['co_dino'])
-    inputs, samples = _batch(model)
+    model = double_family_model('co_dino')
+    inputs, samples = double_batch(model)
     joint_masks, apart_masks = [], []
     _losses_and_grads(model, inputs, samples, True, joint_masks)
     _losses_and_grads(model, inputs, samples, False, apart_masks)
@@ -125,7 +106,7 @@ def test_without_positive_queries_one_pass_either_way():
     """K = 0 and ``with_pos_coord=False`` decode the main queries alone."""
     for cfg in (_k0_cfg(), _nopos_cfg()):
         model = build_model(cfg).double().train()
-        inputs, samples = _batch(model)
+        inputs, samples = double_batch(model)
         for joint in (True, False):
             losses, _, passes = _losses_and_grads(model, inputs, samples,
                                                   joint)
@@ -146,7 +127,8 @@ def _nopos_cfg():
 
 
 def test_different_decoder_inputs_are_refused():
-    transformer = _double_model(None).query_head.transformer
+    model = double_family_model('co_deformable_detr')
+    transformer = model.query_head.transformer
     coords = torch.rand(1, 3, 4, dtype=torch.float64) * 0.5 + 0.25
     feats = torch.rand(1, 3, 256, dtype=torch.float64)
     main = dict(query=feats, reference_points=coords)  # no query_pos
@@ -157,7 +139,7 @@ def test_different_decoder_inputs_are_refused():
 
 
 def test_main_mask_is_kept_in_its_block():
-    transformer = _double_model(CONFIGS['co_dino']).query_head.transformer
+    transformer = double_family_model('co_dino').query_head.transformer
     mask = transformer.block_diagonal_mask([3, 2, 1], torch.device('cpu'))
     expected = torch.ones(6, 6, dtype=torch.bool)
     expected[:3, :3] = expected[3:5, 3:5] = expected[5:, 5:] = False

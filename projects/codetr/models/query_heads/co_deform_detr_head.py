@@ -1,9 +1,7 @@
 """The query head of Co-Deformable-DETR."""
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
-import torch
 from mmdet.models.dense_heads import DeformableDETRHead
-from mmdet.models.layers import inverse_sigmoid
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
@@ -55,6 +53,11 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             the order of floating-point sums with the configs' dropout of
             0; docs/design.md, speed-ups);
             False decodes them in two passes, as released. Defaults to True.
+        batched_branches (bool): Compute the class logits and boxes of all
+            decoder layers with their branches stacked (one batched matrix
+            product per branch layer; the same values up to the order of
+            floating-point sums; docs/design.md, speed-ups); False runs
+            mmdet's loop over the layers. Defaults to True.
         **kwargs: ``DeformableDETRHead`` arguments (``num_classes``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``,
             ``embed_dims``, losses, ``train_cfg``, ``test_cfg``...). The
@@ -71,6 +74,7 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
                  lambda_1: float = 1.0,
                  with_aux_pyramid: bool = True,
                  joint_decoding: bool = True,
+                 batched_branches: bool = True,
                  **kwargs) -> None:
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
@@ -82,7 +86,8 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
         num_dec_layers = transformer['decoder']['num_layers']
         two_stage = transformer_class(transformer).as_two_stage
         self._init_co_attrs(num_query, max_pos_coords, lambda_1,
-                            with_aux_pyramid, joint_decoding)
+                            with_aux_pyramid, joint_decoding,
+                            batched_branches)
         if positional_encoding is None:
             positional_encoding = dict(
                 num_feats=128, normalize=True, offset=-0.5)
@@ -136,33 +141,6 @@ class CoDeformDETRHead(CoQueryHeadMixin, DeformableDETRHead,
             self.cls_branches, self.reg_branches,
             None if query_embedding is None else query_embedding.weight)
         return dict(enc, decoder_inputs=decoder_inputs, **enc_outputs)
-
-    def forward(self, hidden_states: Tensor,
-                references: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Class logits and boxes of every decoder layer.
-
-        mmdet's ``DeformableDETRHead.forward`` with the inverse sigmoid's
-        ``eps`` of the transformer (mmdet: always 1e-5; DAB-DETR: 1e-3).
-
-        Args:
-            hidden_states (Tensor): (num_layers, bs, num_queries, dim).
-            references (list[Tensor]): ``num_layers + 1`` reference boxes,
-                each (bs, num_queries, 4) normalised (cx, cy, w, h); the
-                last is not used.
-
-        Returns:
-            tuple[Tensor, Tensor]: (num_layers, bs, num_queries,
-            cls_out_channels) logits and (num_layers, bs, num_queries, 4)
-            normalised (cx, cy, w, h) boxes.
-        """
-        classes, coords = [], []
-        for layer_id, hidden_state in enumerate(hidden_states):
-            reference = inverse_sigmoid(
-                references[layer_id], eps=self.ref_eps)
-            classes.append(self.cls_branches[layer_id](hidden_state))
-            coords.append((self.reg_branches[layer_id](hidden_state) +
-                           reference).sigmoid())
-        return torch.stack(classes), torch.stack(coords)
 
 
 def transformer_class(cfg: dict) -> type:

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from mmcv.ops import batched_nms
 from mmdet.models.dense_heads import DINOHead
-from mmdet.models.layers import CdnQueryGenerator, inverse_sigmoid
+from mmdet.models.layers import CdnQueryGenerator
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
@@ -165,6 +165,9 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
             and positive queries in one decoder pass (as
             :class:`CoDeformDETRHead`; the same values up to the order of
             floating-point sums with dropout 0). Defaults to True.
+        batched_branches (bool): All decoder layers' class logits and boxes
+            with their branches stacked (as :class:`CoDeformDETRHead`);
+            False runs mmdet's loop over the layers. Defaults to True.
         **kwargs: ``DINOHead`` arguments (``num_classes``, ``embed_dims``,
             ``batched_matching`` of ``BatchedMatchingDETRHead``, losses,
             ``train_cfg``, ``test_cfg``...). The prediction-layer layout
@@ -184,6 +187,7 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
                  lambda_1: float = 1.0,
                  with_aux_pyramid: bool = True,
                  joint_decoding: bool = True,
+                 batched_branches: bool = True,
                  **kwargs) -> None:
         derived = ('share_pred_layer', 'num_pred_layer', 'as_two_stage')
         set_by_user = [k for k in derived if k in kwargs]
@@ -193,7 +197,8 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         transformer = dict(transformer)
         num_dec_layers = transformer['decoder']['num_layers']
         self._init_co_attrs(num_query, max_pos_coords, lambda_1,
-                            with_aux_pyramid, joint_decoding)
+                            with_aux_pyramid, joint_decoding,
+                            batched_branches)
         if positional_encoding is None:
             positional_encoding = dict(
                 num_feats=128, normalize=True, temperature=20)
@@ -235,33 +240,6 @@ class CoDINOHead(CoQueryHeadMixin, DINOHead, BatchedMatchingDETRHead):
         embedding keeps N(0, 1)."""
         super().init_weights()
         self.transformer.init_weights()
-
-    def forward(self, hidden_states: Tensor,
-                references: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Class logits and boxes of every decoder layer.
-
-        mmdet's ``DeformableDETRHead.forward`` with the released DINO's
-        ``eps=1e-3`` in the inverse sigmoid of the references.
-
-        Args:
-            hidden_states (Tensor): (num_layers, bs, num_queries, dim).
-            references (list[Tensor]): num_layers + 1 tensors
-                (bs, num_queries, 4), normalised (cx, cy, w, h); layer l
-                refines ``references[l]``.
-
-        Returns:
-            tuple[Tensor, Tensor]: Logits (num_layers, bs, num_queries,
-            num_classes) and boxes (num_layers, bs, num_queries, 4)
-            normalised (cx, cy, w, h).
-        """
-        all_cls, all_coords = [], []
-        for layer_id, hidden in enumerate(hidden_states):
-            reference = inverse_sigmoid(
-                references[layer_id], eps=self.ref_eps)
-            all_cls.append(self.cls_branches[layer_id](hidden))
-            coords = self.reg_branches[layer_id](hidden) + reference
-            all_coords.append(coords.sigmoid())
-        return torch.stack(all_cls), torch.stack(all_coords)
 
     def ground_truth_queries(self, batch_data_samples: SampleList) -> Dict:
         """The denoising queries, in training mode with ground truth.

@@ -20,6 +20,7 @@ from ..positive_coords import (AuxQueryTargets, PositiveCoords,
                                build_aux_targets)
 from ..precision.dtypes import at_least_float32
 from .aux_query_losses import AuxQueryLossMixin
+from .layer_branches import layer_predictions
 
 
 class CoQueryHeadMixin(AuxQueryLossMixin):
@@ -44,13 +45,40 @@ class CoQueryHeadMixin(AuxQueryLossMixin):
 
     def _init_co_attrs(self, num_query: int, max_pos_coords: int,
                        lambda_1: float, with_aux_pyramid: bool,
-                       joint_decoding: bool) -> None:
+                       joint_decoding: bool, batched_branches: bool) -> None:
         """Store the Co-DETR settings shared by all query heads."""
         self.num_query = num_query
         self.max_pos_coords = max_pos_coords
         self.lambda_1 = lambda_1
         self.with_aux_pyramid = with_aux_pyramid
         self.joint_decoding = joint_decoding
+        self.batched_branches = batched_branches
+
+    def forward(self, hidden_states: Tensor,
+                references: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class logits and boxes of every decoder layer: mmdet's
+        ``DeformableDETRHead.forward`` with the head's ``ref_eps``, all
+        layers at once with ``batched_branches``
+        (:func:`.layer_branches.layer_predictions`).
+
+        Args:
+            hidden_states (Tensor): (num_layers, bs, num_queries, dim).
+            references (Sequence[Tensor]): ``num_layers + 1`` reference
+                boxes, each (bs, num_queries, 4) normalised (cx, cy, w, h);
+                layer l refines ``references[l]``, the last is not used.
+
+        Returns:
+            tuple[Tensor, Tensor]: Logits (num_layers, bs, num_queries,
+            cls_out_channels) and boxes (num_layers, bs, num_queries, 4),
+            normalised (cx, cy, w, h).
+        """
+        return layer_predictions(
+            self.cls_branches,
+            self.reg_branches,
+            hidden_states,
+            references,
+            eps=self.ref_eps,
+            batched=self.batched_branches)
 
     def _init_aux_pyramid(self) -> None:
         """The stride-2 conv + GN that adds the coarsest pyramid level."""
