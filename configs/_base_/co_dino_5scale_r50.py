@@ -93,8 +93,9 @@ model = dict(
                         ffn_drop=0.0)))),
         positional_encoding=dict(
             num_feats=128, normalize=True, offset=0.0, temperature=20),
+        # mmdet's QualityFocalLoss without its nonzero (a host read)
         loss_cls=dict(
-            type='QualityFocalLoss',
+            type='SyncFreeQualityFocalLoss',
             use_sigmoid=True,
             beta=2.0,
             loss_weight=1.0),

@@ -78,13 +78,16 @@ model = dict(
     roi_head=dict(
         rcnn=dict(
             type='CoStandardRoIHead',
+            # mmdet's SingleRoIExtractor, one device read instead of one
+            # per level
             bbox_roi_extractor=dict(
-                type='SingleRoIExtractor',
+                type='LevelSortedRoIExtractor',
                 roi_layer=dict(
                     type='RoIAlign', output_size=7, sampling_ratio=0),
                 out_channels=256),
+            # mmdet's Shared2FCBBoxHead, losses without device reads
             bbox_head=dict(
-                type='Shared2FCBBoxHead',
+                type='SyncFreeShared2FCBBoxHead',
                 in_channels=256,
                 fc_out_channels=1024,
                 roi_feat_size=7,

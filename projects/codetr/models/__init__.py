@@ -15,17 +15,19 @@ The folders follow the method:
   :class:`CoDABDeformableDetrTransformer` (learnt anchor queries whose
   positional queries the decoder generates), their common base and layers.
 - ``aux_heads/``: :class:`CoATSSHead`, :class:`CoFCOSHead`,
-  :class:`CoStandardRoIHead`, the one-to-many heads.
+  :class:`CoStandardRoIHead`, the one-to-many heads, and the RoI head's box
+  head with losses that read nothing back.
 - ``task_modules/``: speed-ups that compute what the mmdet parts they
   replace compute (cached anchors, a sync-free MaxIoU assigner, level
-  batching, level shapes).
+  batching, level shapes, an RoI extractor with one read).
 - ``precision/``: dtype rules (float32 under autocast, float64 for
   ``model.double()``) and float64 paths of float32-only mmdet/mmcv parts.
 - ``data_preprocessors/``: :class:`BatchPadToMultiple`, training batches
   padded to few distinct shapes (cuDNN plans are built once per shape).
 - ``losses/``: losses that reproduce a DETR codebase's arithmetic where
-  mmdet's differs (:class:`NormalizedGIoULoss`), and mmdet's GIoU loss with
-  its gradient in closed form (:class:`AnalyticGIoULoss`).
+  mmdet's differs (:class:`NormalizedGIoULoss`), mmdet's GIoU loss with
+  its gradient in closed form (:class:`AnalyticGIoULoss`), and mmdet's
+  losses without host reads (``SyncFree*``).
 - ``positive_coords.py``: the interface between the two kinds of head:
   what an auxiliary head hands over (:class:`PositiveCoords`) and the
   targets a query head builds from it.

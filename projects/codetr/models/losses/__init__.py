@@ -3,9 +3,9 @@ and mmdet's losses computed with fewer operations or without host reads."""
 from .analytic_giou_loss import AnalyticGIoULoss
 from .normalized_giou_loss import NormalizedGIoULoss
 from .sync_free_losses import (SyncFreeCrossEntropyLoss, SyncFreeFocalLoss,
-                               SyncFreeL1Loss)
+                               SyncFreeL1Loss, SyncFreeQualityFocalLoss)
 
 __all__ = [
     'AnalyticGIoULoss', 'NormalizedGIoULoss', 'SyncFreeCrossEntropyLoss',
-    'SyncFreeFocalLoss', 'SyncFreeL1Loss'
+    'SyncFreeFocalLoss', 'SyncFreeL1Loss', 'SyncFreeQualityFocalLoss'
 ]

@@ -1,9 +1,10 @@
-"""mmdet's focal, binary cross-entropy and L1 losses without host reads.
+"""mmdet's focal, quality focal, binary cross-entropy and L1 losses without
+host reads.
 
 On a GPU a read of a device value by the host (``.item()``, ``nonzero``, a
 Python ``bool`` of a tensor) makes the host wait for all queued work; a
 training step is bound by the host, so each wait leaves the GPU idle later
-(docs/performance.md, host synchronisations). Three of mmdet's losses read
+(docs/performance.md, host synchronisations). Four of mmdet's losses read
 where the value needs no read:
 
 - ``FocalLoss`` given labels takes mmcv's CUDA kernel on a GPU, whose
@@ -16,6 +17,11 @@ where the value needs no read:
   :class:`SyncFreeCrossEntropyLoss` builds the same targets and weights with
   ``F.one_hot`` (and, as ``AnyDtypeCrossEntropyLoss``, which the anchor
   heads build for mmdet's, keeps float64 in float64).
+- ``QualityFocalLoss`` finds the positives with a ``nonzero`` and writes
+  their loss into the negatives' with an indexed assignment.
+  :class:`SyncFreeQualityFocalLoss` evaluates the positives' formula on
+  every element of a dense target, where it equals the negatives' (the
+  target is 0 there: ``|0 - p| ** beta`` is ``p ** beta`` exactly).
 - ``L1Loss`` returns ``(pred * weight).sum()`` when no weight is positive,
   decided on the host (``torch.any``). :class:`SyncFreeL1Loss` always takes
   the weighted path, which gives the same zero value and zero gradient
@@ -26,7 +32,10 @@ where the value needs no read:
 labels beyond it raise a device assert there (on a CPU, its message): the
 focal loss's labels above ``num_classes`` (the cross-entropy maps them to
 no column, as mmdet). Each class is mmdet's otherwise: same arguments, and
-on a CPU the same operations, bit for bit. On a GPU the cross-entropy and
+on a CPU the same operations, bit for bit, except the quality focal loss,
+whose positives are computed inside the dense tensor instead of on a
+gathered copy (the same formula; vectorised and scalar code may round the
+last bit differently). On a GPU the cross-entropy and
 L1 losses are mmdet's bit for bit; the focal loss evaluates mmcv's formula
 with PyTorch's kernels, which agree with mmcv's float32 kernel to rounding
 for logits within about +-9. Beyond, mmcv's kernel loses precision: it
@@ -41,8 +50,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmdet.models.losses import FocalLoss, L1Loss
+from mmdet.models.losses import FocalLoss, L1Loss, QualityFocalLoss
 from mmdet.models.losses.smooth_l1_loss import l1_loss
+from mmdet.models.losses.utils import weighted_loss
 from mmdet.registry import MODELS
 from torch import Tensor
 
@@ -108,6 +118,82 @@ class SyncFreeFocalLoss(FocalLoss):
             target = target[:, :num_classes]
         return super().forward(pred, target, weight, avg_factor,
                                reduction_override)
+
+
+@weighted_loss
+def dense_quality_focal_loss(pred: Tensor,
+                             target: Tensor,
+                             beta: float = 2.0,
+                             activated: bool = False) -> Tensor:
+    """mmdet's quality focal loss on a dense target, without its
+    ``nonzero``: ``bce(pred, target) * |target - p| ** beta`` everywhere,
+    which is mmdet's negative term where the target is 0.
+
+    Args:
+        pred (Tensor): (n, C) logits, or probabilities when ``activated``.
+        target (Tensor): (n, C) quality targets: the IoU at the label's
+            column, 0 elsewhere.
+        beta (float): Exponent of the modulating factor.
+        activated (bool): ``pred`` holds probabilities.
+
+    Returns:
+        Tensor: (n, ) loss summed over the classes.
+    """
+    prob = pred if activated else pred.sigmoid()
+    bce = F.binary_cross_entropy if activated else \
+        F.binary_cross_entropy_with_logits
+    loss = bce(pred, target, reduction='none') * (target -
+                                                  prob).abs().pow(beta)
+    return loss.sum(dim=1)
+
+
+@MODELS.register_module()
+class SyncFreeQualityFocalLoss(QualityFocalLoss):
+    """mmdet's ``QualityFocalLoss`` (sigmoid) computed on a dense target
+    without host reads (module docstring). Arguments are mmdet's."""
+
+    def forward(self,
+                pred: Tensor,
+                target: Union[Tuple[Tensor, Tensor], Tensor],
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        """The loss, as ``QualityFocalLoss.forward``.
+
+        Args:
+            pred (Tensor): (n, C) logits (probabilities when
+                ``activated``).
+            target (tuple[Tensor, Tensor] | Tensor): (n, ) long labels in
+                [0, C], C for the background (labels outside [0, C) count
+                as background, as in mmdet), and (n, ) quality scores (the
+                IoU); or (n, C) dense soft targets.
+            weight (Tensor, optional): (n, ) weights.
+            avg_factor (float | Tensor, optional): Divides the sum.
+            reduction_override (str, optional): 'none', 'mean' or 'sum'.
+
+        Returns:
+            Tensor: The weighted loss, reduced as asked.
+        """
+        assert reduction_override in (None, 'none', 'mean', 'sum')
+        reduction = reduction_override or self.reduction
+        if isinstance(target, Tensor):
+            target = target.type_as(pred)
+        else:
+            labels, scores = target
+            # labels outside [0, C) match no column: the background
+            columns = torch.arange(pred.size(1), device=labels.device)
+            # where, not a product: a non-finite score stays in its column
+            target = torch.where(labels[:, None] == columns,
+                                 scores.type_as(pred)[:, None],
+                                 pred.new_zeros(()))
+        return self.loss_weight * dense_quality_focal_loss(
+            pred,
+            target,
+            weight,
+            beta=self.beta,
+            activated=self.activated,
+            reduction=reduction,
+            avg_factor=avg_factor)
 
 
 @MODELS.register_module()
