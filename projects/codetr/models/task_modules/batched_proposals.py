@@ -137,7 +137,8 @@ def batched_rpn_proposals(head, cls_scores: List[Tensor],
         results = InstanceData(
             bboxes=bboxes[img_id], scores=scores[img_id], level_ids=level_ids)
         if not keep_all[img_id]:
-            results = results[valid[img_id]]
+            # one nonzero for the three fields (a mask reads once per field)
+            results = results[valid[img_id].nonzero().squeeze(1)]
         proposals.append(
             head._bbox_post_process(results, cfg, rescale=False,
                                     img_meta=meta))
