@@ -108,6 +108,25 @@ def test_reduction_none_takes_mmdets_code():
     # one box loss per positive, mmdet's shape
     assert mine['loss_bbox'].shape == theirs['loss_bbox'].shape == (5, )
     assert torch.equal(mine['loss_bbox'], theirs['loss_bbox'])
+    # the same when the box loss is configured so
+    ours.loss_bbox.reduction = mmdets.loss_bbox.reduction = 'none'
+    mine, theirs = ours.loss(*args), mmdets.loss(*args)
+    assert mine['loss_bbox'].shape == theirs['loss_bbox'].shape == (5, )
+
+
+@pytest.mark.parametrize('decoded,agnostic',
+                         list(itertools.product([True, False], repeat=2)))
+def test_no_rois(decoded, agnostic):
+    """A batch without proposals or ground truths: mmdet's zero box loss,
+    connected to the predictions."""
+    ours, mmdets = heads(decoded, agnostic)
+    args = inputs(0, torch.float32, decoded, agnostic, 0)
+    mine = ours.loss(*args)
+    theirs = mmdets.loss(*args)
+    assert mine.keys() == theirs.keys()
+    assert mine['loss_bbox'] == theirs['loss_bbox'] == 0
+    mine['loss_bbox'].backward()
+    assert args[1].grad.shape == args[1].shape
 
 
 def test_no_host_read_where_mmdets_make_several():

@@ -85,12 +85,16 @@ def test_dense_targets_give_mmdets_loss(activated):
     dense = torch.zeros(30, NUM_CLASSES, dtype=torch.float64)
     rows = (labels >= 0) & (labels < NUM_CLASSES)
     dense[rows, labels[rows]] = scores.detach()[rows]
+    # a target that requires a gradient: mmdet's negatives take a
+    # constant 0, so its zero entries get none
+    dense.requires_grad_()
     options = dict(beta=1.5, activated=activated)
-    mine = run(SyncFreeQualityFocalLoss(**options), pred, dense, [pred],
-               weight=weight)
-    theirs = run(QualityFocalLoss(**options), pred, dense, [pred],
+    mine = run(SyncFreeQualityFocalLoss(**options), pred, dense,
+               [pred, dense], weight=weight)
+    theirs = run(QualityFocalLoss(**options), pred, dense, [pred, dense],
                  weight=weight)
     assert_close_to_rounding(mine, theirs)
+    assert theirs[2][dense.detach() != 0].abs().sum() > 0
 
 
 def test_all_background_and_empty_inputs():

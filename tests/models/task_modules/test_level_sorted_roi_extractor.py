@@ -37,8 +37,9 @@ def pyramid(dtype, device='cpu', seed=0):
 
 
 def rois_of_sides(sides, dtype, device='cpu', seed=0):
-    """(n, 5) RoIs of the given sides (the side picks the level: mmdet's
-    finest_scale 56), random centres and images."""
+    """(n, 5) RoIs of the given sides (the side picks the level: below
+    224 px level 0, below 448 level 1, below 896 level 2, else 3, with the
+    config's finest_scale 112), random centres and images."""
     gen = torch.Generator().manual_seed(seed)
     sides = torch.as_tensor(sides, dtype=torch.float64)
     n = sides.numel()
@@ -72,8 +73,8 @@ def check_against_mmdet(feats, rois, **kwargs):
     return out
 
 
-# sides 20-900 px: levels 0 to 3, each several times, in shuffled order
-ALL_LEVELS = [30, 500, 120, 20, 250, 60, 900, 40, 150, 300, 35, 100, 700]
+# sides 20-1000 px: levels 0 to 3, each at least twice, in shuffled order
+ALL_LEVELS = [30, 500, 120, 20, 250, 60, 900, 40, 150, 300, 35, 1000, 700]
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
@@ -86,7 +87,7 @@ def test_every_level_gives_mmdets_features_and_gradients(dtype):
 def test_levels_without_rois_and_a_scale_factor():
     # levels 1 and 3 only; then level 0 only
     check_against_mmdet(pyramid(torch.float32),
-                        rois_of_sides([120, 800, 150, 600], torch.float32))
+                        rois_of_sides([250, 900, 300, 1000], torch.float32))
     check_against_mmdet(pyramid(torch.float32),
                         rois_of_sides([20, 30], torch.float32),
                         roi_scale_factor=1.5)
@@ -102,6 +103,25 @@ def test_rois_of_negative_area_get_mmdets_zero_features():
     # where NaN casts to a level (e.g. 0 on some CPUs), both pool from it
     if not ((levels[[2, 5]] >= 0) & (levels[[2, 5]] < len(STRIDES))).all():
         assert not out[[2, 5]].any() and out[[0, 1, 3, 4]].abs().sum() > 0
+
+
+def test_non_finite_features_of_a_level_without_rois_spread_as_mmdets():
+    """mmdet adds a level's zero term to every row and then overwrites the
+    rows of the levels after it: an inf in the unused level makes the
+    earlier levels' rows NaN, not the later ones'."""
+    ours, mmdets = extractors()
+    # RoIs of levels 1 and 3 (level 0 unused: every row overwritten later,
+    # no NaN); of levels 0 and 3 (level 1 unused: level 0's rows NaN)
+    for sides, unused, nan_rows in (([250, 900, 300, 1000], 0, []),
+                                    ([30, 40, 900, 1000], 1, [0, 1])):
+        feats = [f.detach() for f in pyramid(torch.float32)]
+        feats[unused][0, 0, 0, 0] = float('inf')
+        rois = rois_of_sides(sides, torch.float32)
+        out, ref = ours(feats, rois), mmdets(feats, rois)
+        assert ref.isnan().flatten(1).all(1).nonzero().flatten().tolist() \
+            == nan_rows
+        assert torch.equal(out.isnan(), ref.isnan())
+        assert torch.equal(out.nan_to_num(), ref.nan_to_num())
 
 
 def test_no_rois_keeps_every_level_in_the_graph():

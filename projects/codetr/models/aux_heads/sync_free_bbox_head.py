@@ -15,7 +15,7 @@ a negative RoI's prediction is replaced by its target (zeros, as mmdet's
 zero to the sum and no gradient. The classification loss and accuracy are
 mmdet's values; the box loss sums the same terms with zeros between them,
 which may round the last bit of the sum differently. Reduction ``'none'``
-(one loss per positive in mmdet) takes mmdet's code.
+(one loss per positive in mmdet), given or configured, takes mmdet's code.
 """
 from typing import Optional
 
@@ -62,7 +62,11 @@ class SyncFreeShared2FCBBoxHead(Shared2FCBBoxHead):
             dict: ``loss_cls`` and ``acc`` (with ``cls_score``),
             ``loss_bbox`` (with ``bbox_pred``), as mmdet's.
         """
-        if reduction_override == 'none' or self.custom_activation:
+        # per-positive losses ('none') and custom classification losses:
+        # mmdet's code
+        if 'none' in (reduction_override,
+                      getattr(self.loss_bbox, 'reduction', None)) or \
+                self.custom_activation:
             return super().loss(cls_score, bbox_pred, rois, labels,
                                 label_weights, bbox_targets, bbox_weights,
                                 reduction_override)
@@ -89,16 +93,14 @@ class SyncFreeShared2FCBBoxHead(Shared2FCBBoxHead):
             if self.reg_decoded_bbox:
                 bbox_pred = get_box_tensor(
                     self.bbox_coder.decode(rois[:, 1:], bbox_pred))
-            num_rois = bbox_pred.size(0)
-            if self.reg_class_agnostic:
-                bbox_pred = bbox_pred.view(num_rois, -1)
-            else:
-                # the labelled class's box; the background's rows are
-                # replaced below
+            if not self.reg_class_agnostic:
+                # the labelled class's box (sizes, not -1: no RoI is
+                # possible); the background's rows are replaced below
+                num_rois, box_dim = bbox_pred.size(0), bbox_targets.size(1)
                 rows = torch.arange(num_rois, device=labels.device)
                 columns = labels.clamp(0, self.num_classes - 1)
                 bbox_pred = bbox_pred.view(num_rois, self.num_classes,
-                                           -1)[rows, columns]
+                                           box_dim)[rows, columns]
             # in the prediction's dtype, which mmdet's loss receives
             losses['loss_bbox'] = self.loss_bbox(
                 torch.where(positive, bbox_pred,

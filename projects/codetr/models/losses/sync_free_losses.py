@@ -178,14 +178,17 @@ class SyncFreeQualityFocalLoss(QualityFocalLoss):
         reduction = reduction_override or self.reduction
         if isinstance(target, Tensor):
             target = target.type_as(pred)
+            # mmdet's negatives take a constant 0: no gradient to a target
+            # that requires one
+            target = torch.where(target != 0, target, target.new_zeros(()))
         else:
             labels, scores = target
             # labels outside [0, C) match no column: the background
             columns = torch.arange(pred.size(1), device=labels.device)
-            # where, not a product: a non-finite score stays in its column
+            # where, not a product: a non-finite score stays in its
+            # column; the scores' dtype, as in mmdet's positive term
             target = torch.where(labels[:, None] == columns,
-                                 scores.type_as(pred)[:, None],
-                                 pred.new_zeros(()))
+                                 scores[:, None], scores.new_zeros(()))
         return self.loss_weight * dense_quality_focal_loss(
             pred,
             target,

@@ -6,10 +6,11 @@ that level) waits for the GPU once per level: four waits per RoI head and
 training step on Co-DETR's pyramid, in a step that is bound by the host
 (docs/performance.md, host synchronisations).
 :class:`LevelSortedRoIExtractor` sorts the RoIs by level (a stable sort:
-within a level they keep their order), reads the per-level counts once,
-pools each level's contiguous run with the same RoI layer and puts the
-results back in the RoIs' order. Each RoI is pooled from the same level
-with the same inputs, so features and gradients are mmdet's.
+within a level they keep their order) and reads the per-level counts
+once; each level's indices are then a run of the sorted order, and
+mmdet's loop runs with them: the same RoIs pooled from the same level in
+the same order, written into the same rows, so features and gradients
+are mmdet's.
 """
 from typing import Optional, Tuple
 
@@ -59,25 +60,21 @@ class LevelSortedRoIExtractor(SingleRoIExtractor):
         # which reads the largest level on CUDA first)
         buckets = torch.arange(num_levels + 1, device=levels.device)
         counts = (levels[:, None] == buckets).sum(0).tolist()
-        out_shape = (self.out_channels, *self.roi_layers[0].output_size)
-        pooled = []
-        unused = []
-        for level, level_rois in enumerate(rois[order].split(counts)):
-            if level == num_levels:  # no level
-                pooled.append(feats[0].new_zeros(counts[level], *out_shape))
-            elif counts[level]:
-                pooled.append(self.roi_layers[level](feats[level],
-                                                     level_rois))
+        out_size = self.roi_layers[0].output_size
+        roi_feats = feats[0].new_zeros(rois.size(0), self.out_channels,
+                                       *out_size)
+        # mmdet's loop, each level's indices a run of the sorted order
+        # instead of a nonzero
+        level_rois = rois[order].split(counts)
+        level_inds = order.split(counts)
+        for level in range(num_levels):
+            if counts[level]:
+                roi_feats[level_inds[level]] = self.roi_layers[level](
+                    feats[level], level_rois[level])
             else:
-                unused.append(level)
-        pooled = torch.cat(pooled).to(feats[0].dtype)
-        # order is a permutation: every row is written
-        roi_feats = pooled.new_empty(pooled.shape).index_copy_(
-            0, order, pooled)
-        for level in unused:
-            # mmdet's zero term: every level stays in the graph, so that
-            # data-parallel processes reduce the same parameters
-            roi_feats = roi_feats + (sum(
-                x.view(-1)[0]
-                for x in self.parameters()) * 0. + feats[level].sum() * 0.)
+                # mmdet's zero term: every level stays in the graph, so
+                # that data-parallel processes reduce the same parameters
+                roi_feats += sum(
+                    x.view(-1)[0]
+                    for x in self.parameters()) * 0. + feats[level].sum() * 0.
         return roi_feats
