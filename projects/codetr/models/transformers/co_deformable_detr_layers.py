@@ -4,7 +4,8 @@ Subclasses of mmdet's Deformable DETR encoder/decoder and of mmcv's
 ``MultiScaleDeformableAttention``; each states what it changes and why:
 
 - :class:`CoMultiScaleDeformableAttention`: the sampling core runs in fp32
-  under autocast, and the forward has no host-device synchronisation;
+  under autocast (with ``fp32_projections`` the whole module), and the
+  forward has no host-device synchronisation;
 - :class:`CoDeformableDetrTransformerEncoder`: gradient checkpointing of the
   first ``num_cp`` layers with ``torch.utils.checkpoint`` (no fairscale);
 - :class:`CoDeformableDetrTransformerDecoder`: look-forward-twice.
@@ -50,8 +51,26 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     the operator :func:`~.compiled_layers.ms_deform_attn` (the same mmcv
     computation, opaque to the compiler); otherwise mmcv is called directly.
 
-    Arguments, shapes and parameters are mmcv's; ``batch_first=True`` only.
+    Under autocast the projections' inputs, weights and outputs cross
+    between the autocast dtype and the fp32 sampling: about 15 cast
+    kernels per layer forward and as many backward, in a training step
+    whose pace the host sets (docs/performance.md). ``fp32_projections``
+    runs the whole module in fp32 (at least) under autocast instead: its
+    inputs are cast once, the projections are fp32 matrix products, and
+    its output is the module's fp32 output for those inputs.
+
+    Args:
+        fp32_projections (bool): Under autocast, run the value, offset,
+            weight and output projections in fp32 too. No effect without
+            autocast. Defaults to False (the projections in the autocast
+            dtype, as mmcv's module).
+        *args, **kwargs: mmcv's arguments; ``batch_first=True`` only.
     """
+
+    def __init__(self, *args, fp32_projections: bool = False,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fp32_projections = fp32_projections
 
     def forward(self,
                 query: Tensor,
@@ -67,6 +86,27 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
         """Deformable attention of ``query`` (bs, num_query, dims) over
         ``value`` (bs, num_value, dims) around ``reference_points``
         (bs, num_query, num_levels, 2 or 4), normalised to [0, 1]."""
+        device_type = query.device.type
+        if self.fp32_projections and torch.is_autocast_enabled(device_type):
+            tensors = (query, key, value, identity, query_pos)
+            query, key, value, identity, query_pos = (
+                None if t is None else at_least_float32(t) for t in tensors)
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self._attend(query, key, value, identity, query_pos,
+                                    key_padding_mask, reference_points,
+                                    spatial_shapes, level_start_index)
+        return self._attend(query, key, value, identity, query_pos,
+                            key_padding_mask, reference_points,
+                            spatial_shapes, level_start_index)
+
+    def _attend(self, query: Tensor, key: Optional[Tensor],
+                value: Optional[Tensor], identity: Optional[Tensor],
+                query_pos: Optional[Tensor],
+                key_padding_mask: Optional[Tensor],
+                reference_points: Optional[Tensor],
+                spatial_shapes: Optional[Tensor],
+                level_start_index: Optional[Tensor]) -> Tensor:
+        """:meth:`forward` in the current autocast state."""
         if not self.batch_first:
             raise ValueError('CoMultiScaleDeformableAttention needs '
                              'batch_first=True')
