@@ -426,6 +426,32 @@ def test_autocast_keeps_the_sampling_in_float32():
     assert_agree(*results, rtol=4 * bf16, atol_scale=4 * bf16)
 
 
+@pytest.mark.parametrize('fp32_projections', [False, True])
+def test_autocast_forward_backward_outside_it_as_eager(fp32_projections):
+    """A training step's pattern: the forward under (bf16) autocast, the
+    backward outside it. The compiled layers give the eager layers'
+    outputs and gradients bit for bit, with the deformable attention's
+    projections in bf16 (default) or fp32 (``fp32_projections``): the
+    compiled backward is not traced under the forward's autocast, which
+    would run the fp32 module's backward in bf16."""
+    results = []
+    for option in (False, dict(backend='aot_eager')):
+        module = build(CoDeformableDetrTransformerEncoder, option,
+                       dtype=torch.float32).train()
+        for layer in module.layers:
+            layer.self_attn.fp32_projections = fp32_projections
+        inputs = encoder_inputs(dtype=torch.float32)
+        inputs['query'].requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = module(**inputs)
+        out.float().square().sum().backward()
+        results.append([out.detach(), inputs['query'].grad] +
+                       [p.grad for p in module.parameters()])
+    for eager, compiled in zip(*results):
+        assert compiled.dtype == eager.dtype
+        assert torch.equal(compiled, eager)
+
+
 def test_co_dino_decoder_compiled():
     """Co-DINO's decoder (positional queries from the boxes, shared norm)
     with ``compile_layers``: the eager values, one compilation."""

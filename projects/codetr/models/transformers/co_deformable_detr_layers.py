@@ -52,17 +52,19 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     computation, opaque to the compiler); otherwise mmcv is called directly.
 
     Under autocast the projections' inputs, weights and outputs cross
-    between the autocast dtype and the fp32 sampling: about 15 cast
-    kernels per layer forward and as many backward, in a training step
-    whose pace the host sets (docs/performance.md). ``fp32_projections``
-    runs the whole module in fp32 (at least) under autocast instead: its
-    inputs are cast once, the projections are fp32 matrix products, and
-    its output is the module's fp32 output for those inputs.
+    between the autocast dtype and the fp32 sampling: 15 cast kernels per
+    module forward and 16 backward, in a training step whose pace the
+    host sets (docs/performance.md). ``fp32_projections`` runs the whole
+    module in fp32 (at least) under autocast instead: each distinct input
+    in a lower precision is cast once, the projections are fp32 matrix
+    products, and its output is the module's fp32 output for those
+    inputs.
 
     Args:
         fp32_projections (bool): Under autocast, run the value, offset,
             weight and output projections in fp32 too. No effect without
-            autocast. Defaults to False (the projections in the autocast
+            autocast, or for a module whose weights are float16 or
+            bfloat16. Defaults to False (the projections in the autocast
             dtype, as mmcv's module).
         *args, **kwargs: mmcv's arguments; ``batch_first=True`` only.
     """
@@ -86,18 +88,37 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
         """Deformable attention of ``query`` (bs, num_query, dims) over
         ``value`` (bs, num_value, dims) around ``reference_points``
         (bs, num_query, num_levels, 2 or 4), normalised to [0, 1]."""
-        device_type = query.device.type
-        if self.fp32_projections and torch.is_autocast_enabled(device_type):
-            tensors = (query, key, value, identity, query_pos)
-            query, key, value, identity, query_pos = (
-                None if t is None else at_least_float32(t) for t in tensors)
-            with torch.autocast(device_type=device_type, enabled=False):
-                return self._attend(query, key, value, identity, query_pos,
-                                    key_padding_mask, reference_points,
-                                    spatial_shapes, level_start_index)
+        if self._runs_in_fp32(query):
+            # mmdet's encoder passes the same tensor as query, key and
+            # value: cast it once; mmcv never reads ``key``
+            query32 = at_least_float32(query)
+            value, identity, query_pos = (
+                None if t is None else query32 if t is query else
+                at_least_float32(t) for t in (value, identity, query_pos))
+            with torch.autocast(device_type=query.device.type,
+                                enabled=False):
+                return self._attend(query32, key, value, identity,
+                                    query_pos, key_padding_mask,
+                                    reference_points, spatial_shapes,
+                                    level_start_index)
         return self._attend(query, key, value, identity, query_pos,
                             key_padding_mask, reference_points,
                             spatial_shapes, level_start_index)
+
+    def _runs_in_fp32(self, query: Tensor) -> bool:
+        """Whether ``fp32_projections`` applies: autocast is on for the
+        query's device and the module's weights are float32 or float64 (a
+        half-precision module keeps mmcv's path)."""
+        device_type = query.device.type
+        return (self.fp32_projections
+                and torch.amp.is_autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)
+                and self.value_proj.weight.dtype in (torch.float32,
+                                                     torch.float64))
+
+    def extra_repr(self) -> str:
+        """The option, where the model is printed."""
+        return f'fp32_projections={self.fp32_projections}'
 
     def _attend(self, query: Tensor, key: Optional[Tensor],
                 value: Optional[Tensor], identity: Optional[Tensor],

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from mmcv.ops.multi_scale_deform_attn import (
     ext_module, multi_scale_deformable_attn_pytorch)
 from torch import Tensor, nn
+from torch._functorch import config as functorch_config
 
 #: Type of the ``compile_layers`` option.
 CompileOption = Union[bool, dict]
@@ -276,6 +277,15 @@ _LIMIT_KEY = 'recompile_limit' if hasattr(torch._dynamo.config,
                                           'recompile_limit') \
     else 'cache_size_limit'
 
+#: The compiled backward is traced outside autocast, as eager autograd runs
+#: it (torch's default traces it under the forward's autocast state, which
+#: would recast the backward of a region that autocast leaves in fp32,
+#: such as ``fp32_projections``, to half precision). torch versions
+#: without the setting trace it so already.
+_BACKWARD_AUTOCAST = ({
+    'backward_pass_autocast': 'off'
+} if hasattr(functorch_config, 'backward_pass_autocast') else {})
+
 #: Compiled ``forward`` functions, one per (function, options); the cache
 #: of compiled graphs lives on each function's code object.
 _COMPILED: Dict[tuple, Callable] = {}
@@ -341,7 +351,8 @@ def call_layer(layer: nn.Module, option: CompileOption, query: Tensor,
         del kwargs['query']
     compiled = _compiled_forward(type(layer).forward, options)
     try:
-        with torch._dynamo.config.patch({_LIMIT_KEY: RECOMPILE_LIMIT}):
+        with torch._dynamo.config.patch({_LIMIT_KEY: RECOMPILE_LIMIT}), \
+                functorch_config.patch(_BACKWARD_AUTOCAST):
             return compiled(layer, query, **kwargs)
     except torch._dynamo.exc.BackendCompilerFailed as exc:
         cause = getattr(exc, 'inner_exception', None) or exc
