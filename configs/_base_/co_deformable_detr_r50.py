@@ -100,8 +100,12 @@ model = dict(
                 type='HungarianAssigner',
                 match_costs=[
                     dict(type='FocalLossCost', weight=2.0),
-                    dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
-                    dict(type='IoUCost', iou_mode='giou', weight=2.0)
+                    # mmdet's BBoxL1Cost and IoUCost without host copies
+                    dict(
+                        type='SyncFreeBBoxL1Cost',
+                        weight=5.0,
+                        box_format='xywh'),
+                    dict(type='SyncFreeIoUCost', iou_mode='giou', weight=2.0)
                 ])),
         test_cfg=dict(max_per_img=100)),
     # The auxiliary heads run on the 4 encoder levels (strides 8-64); the RPN

@@ -108,8 +108,12 @@ model = dict(
                 type='HungarianAssigner',
                 match_costs=[
                     dict(type='FocalLossCost', weight=2.0),
-                    dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
-                    dict(type='IoUCost', iou_mode='giou', weight=2.0)
+                    # mmdet's BBoxL1Cost and IoUCost without host copies
+                    dict(
+                        type='SyncFreeBBoxL1Cost',
+                        weight=5.0,
+                        box_format='xywh'),
+                    dict(type='SyncFreeIoUCost', iou_mode='giou', weight=2.0)
                 ])),
         # Released: soft-NMS over the top 900 (query, class) pairs, 300 kept.
         test_cfg=dict(

@@ -91,8 +91,10 @@ model = dict(
                 in_channels=256,
                 fc_out_channels=1024,
                 roi_feat_size=7,
+                # mmdet's DeltaXYWHBBoxCoder, its decode without copies
+                # from the host
                 bbox_coder=dict(
-                    type='DeltaXYWHBBoxCoder',
+                    type='SyncFreeDeltaXYWHBBoxCoder',
                     target_means=[0.0, 0.0, 0.0, 0.0],
                     target_stds=[0.1, 0.1, 0.2, 0.2]),
                 reg_class_agnostic=False,

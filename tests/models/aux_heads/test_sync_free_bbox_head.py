@@ -4,12 +4,13 @@ accuracy and box loss, and their gradients, within a few units of the last
 place (the box loss sums zeros between the same terms), with decoded boxes
 (the config's GIoU) and deltas (mmdet's L1), per-class and class-agnostic
 regression, with and without positives, in float32 and float64; no host
-read, where mmdet's make six (and one more in the backward)."""
+read, where mmdet's make six (and one more in the backward), and, with the
+config's box coder, no tensor made from host data."""
 import itertools
 
 import pytest
 import torch
-from codetr_testing import load_config
+from codetr_testing import HostDataCounter, load_config
 from mmdet.registry import MODELS
 
 import projects.codetr  # noqa: F401  (registers the head)
@@ -19,7 +20,8 @@ NUM_CLASSES = 3
 
 
 def heads(reg_decoded_bbox, reg_class_agnostic, device='cpu'):
-    """The config's box head, shrunk, and mmdet's with its arguments."""
+    """The config's box head, shrunk, and mmdet's with its arguments (and
+    mmdet's box coder)."""
     cfg = load_config().model.roi_head.rcnn.bbox_head
     assert cfg['type'] == 'SyncFreeShared2FCBBoxHead'
     cfg = dict(cfg, in_channels=4, fc_out_channels=8, roi_feat_size=2,
@@ -27,8 +29,10 @@ def heads(reg_decoded_bbox, reg_class_agnostic, device='cpu'):
                reg_class_agnostic=reg_class_agnostic)
     if not reg_decoded_bbox:  # deltas take mmdet's default L1 loss
         cfg['loss_bbox'] = dict(type='L1Loss', loss_weight=1.0)
-    return (MODELS.build(cfg).to(device),
-            MODELS.build(dict(cfg, type='Shared2FCBBoxHead')).to(device))
+    mmdets = dict(cfg, type='Shared2FCBBoxHead',
+                  bbox_coder=dict(cfg['bbox_coder'],
+                                  type='DeltaXYWHBBoxCoder'))
+    return MODELS.build(cfg).to(device), MODELS.build(mmdets).to(device)
 
 
 def inputs(n, dtype, decoded, agnostic, num_pos, device='cpu', seed=0):
@@ -138,6 +142,20 @@ def test_no_host_read_where_mmdets_make_several():
     # two scalar reads, four boolean selections (and one in the backward)
     assert reads['aten::_local_scalar_dense'] == 2
     assert reads['aten::nonzero'] >= 4
+
+
+def test_no_tensor_from_host_data_with_the_configs_coder():
+    """The decode of the boxes for the GIoU loss: mmdet's coder copies its
+    means and stds from the host on every call (on a GPU each copy waits
+    for the queued work), the config's once per device and dtype."""
+    args = inputs(40, torch.float32, True, False, 7)
+    counts = {}
+    for name, head in zip(('ours', 'mmdet'), heads(True, False)):
+        losses_and_grads(head, args)
+        with HostDataCounter() as counter:
+            losses_and_grads(head, args)
+        counts[name] = counter.count
+    assert counts == {'ours': 0, 'mmdet': 2}
 
 
 @pytest.mark.gpu

@@ -1,7 +1,8 @@
-"""The box decoder without host copies against mmdet's
-``DeltaXYWHBBoxCoder.decode`` (the reference): the same boxes bit for bit
-for every option and dtype, and no tensor made from host data after the
-first call (mmdet's makes two per call, so the counter can fail)."""
+"""The box coders without host copies against mmdet's
+``DeltaXYWHBBoxCoder`` (the reference): the same boxes (decode) and deltas
+(encode, float32 and float16; float64 kept in float64) bit for bit for
+every option and dtype, and no tensor made from host data after the first
+call (mmdet's makes two per call, so the counter can fail)."""
 import itertools
 
 import pytest
@@ -75,16 +76,61 @@ def test_other_inputs_take_mmdets_decode():
         coder.decode(anchors, deltas[:5])
 
 
-def test_no_tensor_from_host_data():
-    anchors, deltas = anchors_and_deltas(40, 1, torch.float32)
-    coder = SyncFreeDeltaXYWHBBoxCoder()
-    coder.decode(anchors, deltas)
+def host_data_counts(method, ours, args):
+    """Tensors made from host data by mmdet's coder's ``method`` and by
+    ``ours`` (after a first call, which makes its constants)."""
+    getattr(ours, method)(*args)
     counts = {}
-    for name, decode in (('mmdet', DeltaXYWHBBoxCoder().decode),
-                         ('ours', coder.decode)):
+    for name, coder in (('mmdet', DeltaXYWHBBoxCoder()), ('ours', ours)):
         with HostDataCounter() as counter:
-            decode(anchors, deltas)
+            getattr(coder, method)(*args)
         counts[name] = counter.count
+    return counts
+
+
+def test_no_tensor_from_host_data():
+    args = anchors_and_deltas(40, 1, torch.float32)
+    counts = host_data_counts('decode', SyncFreeDeltaXYWHBBoxCoder(), args)
+    assert counts == {'mmdet': 2, 'ours': 0}
+
+
+def boxes_and_targets(n, dtype, seed=1):
+    anchors, _ = anchors_and_deltas(n, 1, torch.float64, seed)
+    gen = torch.Generator().manual_seed(seed)
+    shift = torch.rand(n, 4, generator=gen, dtype=torch.float64) * 20 - 10
+    targets = anchors + shift
+    targets[:, 2:] = torch.maximum(targets[:, 2:], targets[:, :2] + 1)
+    return anchors.to(dtype), targets.to(dtype)
+
+
+@pytest.mark.parametrize('options,dtype', list(
+    itertools.product(range(2), [torch.float32, torch.float16])))
+def test_encode_bit_for_bit_mmdets(options, dtype):
+    """mmdet's ``bbox2delta`` computes in float32 for these dtypes."""
+    boxes, targets = boxes_and_targets(40, dtype)
+    cfg = OPTIONS[options]
+    ref = DeltaXYWHBBoxCoder(**cfg).encode(boxes, targets)
+    coder = AnyDtypeDeltaXYWHBBoxCoder(**cfg)
+    for _ in range(2):  # with the constants made, then cached
+        ours = coder.encode(boxes, targets)
+        assert ours.dtype == ref.dtype == torch.float32
+        assert torch.equal(ours, ref)
+
+
+def test_encode_keeps_float64():
+    boxes, targets = boxes_and_targets(40, torch.float64)
+    cfg = OPTIONS[1]
+    ours = AnyDtypeDeltaXYWHBBoxCoder(**cfg).encode(boxes, targets)
+    assert ours.dtype == torch.float64
+    # mmdet's, which rounds to float32, to float32's precision
+    ref = DeltaXYWHBBoxCoder(**cfg).encode(boxes, targets)
+    torch.testing.assert_close(ours.float(), ref, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours, ref.double())
+
+
+def test_encode_makes_no_tensor_from_host_data():
+    args = boxes_and_targets(40, torch.float32)
+    counts = host_data_counts('encode', AnyDtypeDeltaXYWHBBoxCoder(), args)
     assert counts == {'mmdet': 2, 'ours': 0}
 
 

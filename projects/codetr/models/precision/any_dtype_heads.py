@@ -12,8 +12,10 @@ values are silently rounded to float32.
 - ``AnchorHead.get_anchors`` asks the prior generator for float32 anchors.
 
 :class:`AnyDtypeCrossEntropyLoss` and :class:`AnyDtypeDeltaXYWHBBoxCoder`
-compute in float64 what they receive in float64 and call mmdet's functions
-for every other dtype (the same float32 values, bit for bit);
+compute in float64 what they receive in float64 and give mmdet's values for
+every other dtype (the same float32 values, bit for bit: the loss calls
+mmdet's function, the coder runs ``bbox2delta``'s expressions with its
+constants kept on the device);
 :func:`any_dtype_head_cfgs` makes a head build them instead of mmdet's, and
 :class:`AnyDtypeAnchorsMixin` asks for anchors in the head's dtype.
 """
@@ -29,7 +31,6 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
-from ..device_copies import host_to_device
 from ..task_modules.sync_free_coder import SyncFreeDeltaXYWHBBoxCoder
 from .dtypes import weights_dtype
 
@@ -92,8 +93,11 @@ class AnyDtypeCrossEntropyLoss(CrossEntropyLoss):
 @TASK_UTILS.register_module()
 class AnyDtypeDeltaXYWHBBoxCoder(SyncFreeDeltaXYWHBBoxCoder):
     """mmdet's ``DeltaXYWHBBoxCoder`` whose ``encode`` keeps float64 boxes in
-    float64 (mmdet's ``bbox2delta`` computes in float32), with the decode of
-    :class:`SyncFreeDeltaXYWHBBoxCoder` (mmdet's values, no host copies).
+    float64 (mmdet's ``bbox2delta`` computes in float32) and, like the
+    decode of :class:`SyncFreeDeltaXYWHBBoxCoder`, copies ``means`` and
+    ``stds`` from the host once per device and dtype instead of on every
+    call (``bbox2delta``'s ``new_tensor``: on a GPU a copy that makes the
+    host wait for the queued work). mmdet's values otherwise, bit for bit.
     Arguments are mmdet's."""
 
     def encode(self, bboxes: Tensor, gt_bboxes: Tensor) -> Tensor:
@@ -108,11 +112,14 @@ class AnyDtypeDeltaXYWHBBoxCoder(SyncFreeDeltaXYWHBBoxCoder):
         """
         bboxes = get_box_tensor(bboxes)
         gt_bboxes = get_box_tensor(gt_bboxes)
-        if torch.float64 not in (bboxes.dtype, gt_bboxes.dtype):
+        if torch.onnx.is_in_onnx_export():
             return super().encode(bboxes, gt_bboxes)
         assert bboxes.size() == gt_bboxes.size() and bboxes.size(-1) == 4
-        proposals = bboxes.to(torch.float64)
-        gt = gt_bboxes.to(torch.float64)
+        # bbox2delta computes in float32 (``.float()``); float64 stays
+        dtype = torch.float64 if torch.float64 in (
+            bboxes.dtype, gt_bboxes.dtype) else torch.float32
+        proposals = bboxes.to(dtype)
+        gt = gt_bboxes.to(dtype)
         # bbox2delta's expressions, in its order
         px = (proposals[..., 0] + proposals[..., 2]) * 0.5
         py = (proposals[..., 1] + proposals[..., 3]) * 0.5
@@ -126,8 +133,7 @@ class AnyDtypeDeltaXYWHBBoxCoder(SyncFreeDeltaXYWHBBoxCoder):
                               torch.log(gw / pw),
                               torch.log(gh / ph)],
                              dim=-1)
-        means = host_to_device(self.means, deltas).unsqueeze(0)
-        stds = host_to_device(self.stds, deltas).unsqueeze(0)
+        means, stds = self._means_stds(deltas)
         return deltas.sub_(means).div_(stds)
 
 

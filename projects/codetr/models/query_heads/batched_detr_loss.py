@@ -28,8 +28,7 @@ import torch
 from mmdet.models.dense_heads import DETRHead
 from mmdet.models.losses import QualityFocalLoss
 from mmdet.models.task_modules import HungarianAssigner
-from mmdet.structures.bbox import (bbox_cxcywh_to_xyxy, bbox_overlaps,
-                                   bbox_xyxy_to_cxcywh)
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmdet.utils import InstanceList, OptInstanceList, reduce_mean
 from mmengine.structures import InstanceData
 from scipy.optimize import linear_sum_assignment
@@ -38,6 +37,7 @@ from torch import distributed as dist
 
 from ..device_copies import host_to_device, image_size_factors
 from ..precision.dtypes import at_least_float32
+from ..task_modules.sync_free_overlaps import box_overlaps
 
 
 class BatchedMatchingDETRHead(DETRHead):
@@ -258,7 +258,8 @@ class BatchedMatchingDETRHead(DETRHead):
         if not isinstance(self.loss_cls, QualityFocalLoss):
             return labels
         is_pos = (labels >= 0) & (labels < self.num_classes)
-        ious = bbox_overlaps(
+        # mmdet's bbox_overlaps without its copy of eps from the host
+        ious = box_overlaps(
             bbox_cxcywh_to_xyxy(bbox_preds.detach()),
             bbox_cxcywh_to_xyxy(bbox_targets),
             is_aligned=True)
