@@ -279,9 +279,11 @@ _LIMIT_KEY = 'recompile_limit' if hasattr(torch._dynamo.config,
 
 #: The compiled backward is traced outside autocast, as eager autograd runs
 #: it (torch's default traces it under the forward's autocast state, which
-#: would recast the backward of a region that autocast leaves in fp32,
-#: such as ``fp32_projections``, to half precision). torch versions
-#: without the setting trace it so already.
+#: recasts the backward of a region that autocast leaves in fp32, such as
+#: ``fp32_projections``, to half precision). torch versions without the
+#: setting (before mid-2025) always trace it under the forward's state:
+#: with them that option's backward under ``compile_layers`` and AMP runs
+#: in half precision (its forward stays fp32).
 _BACKWARD_AUTOCAST = ({
     'backward_pass_autocast': 'off'
 } if hasattr(functorch_config, 'backward_pass_autocast') else {})
