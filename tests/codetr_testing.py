@@ -30,19 +30,35 @@ class WaitCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class HostDataCounter(TorchDispatchMode):
-    """Counts the tensors made from host data (``new_tensor``,
-    ``torch.tensor``): on a GPU each is a copy from the host, which
-    synchronises unless it comes from pinned memory without blocking."""
+class OpCounter(TorchDispatchMode):
+    """Counts the dispatches of one aten op (``OP``, e.g. ``'_to_copy'``)
+    in ``count``."""
+
+    OP = ''
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split('.')[0] == 'lift_fresh':
+        if func.__name__.split('.')[0] == self.OP:
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+class HostDataCounter(OpCounter):
+    """Counts the tensors made from host data (``new_tensor``,
+    ``torch.tensor``): on a GPU each is a copy from the host, which
+    synchronises unless it comes from pinned memory without blocking."""
+
+    OP = 'lift_fresh'
+
+
+class CastCounter(OpCounter):
+    """Counts the dtype casts dispatched (``_to_copy``); on a GPU each is a
+    kernel launch."""
+
+    OP = '_to_copy'
 
 
 def load_config(path: str = R50_CONFIG) -> Config:

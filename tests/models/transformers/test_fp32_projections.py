@@ -12,24 +12,11 @@ dtype of what follows (on a GPU every module gets fp32 inputs either
 way)."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from codetr_testing import CastCounter
 
 from projects.codetr.models import CoMultiScaleDeformableAttention
 
 DIMS = 32
-
-
-class CastCounter(TorchDispatchMode):
-    """Counts the dtype casts dispatched (``_to_copy``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.casts = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split('.')[0] == '_to_copy':
-            self.casts += 1
-        return func(*args, **(kwargs or {}))
 
 
 def attention(fp32_projections, dtype=torch.float32):
@@ -119,7 +106,7 @@ def cast_count(fp32_projections, args):
     attn = attention(fp32_projections)
     with CastCounter() as counter:
         output_and_grads(attn, args, autocast=True)
-    return counter.casts
+    return counter.count
 
 
 def test_no_casts_for_fp32_inputs_where_the_default_makes_31():
@@ -215,7 +202,7 @@ def test_a_training_step_casts_fewer_times_by_tens_per_module():
             with torch.autocast('cpu', dtype=torch.bfloat16):
                 losses = model.loss(inputs, samples)
             model.parse_losses(losses)[0].backward()
-        counts[option] = counter.casts
+        counts[option] = counter.count
         modules = sum(
             isinstance(m, CoMultiScaleDeformableAttention)
             for m in model.modules())
